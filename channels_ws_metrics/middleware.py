@@ -1,0 +1,226 @@
+"""ASGI middleware that records Prometheus metrics for WebSocket connections."""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import Any, Awaitable, Callable
+
+from .close_codes import DEFAULT_CLOSE_CODE, INTERNAL_ERROR_CODE, NO_STATUS_CODE, CloseCodeLabels
+from .conf import get_settings
+from .metrics import (
+    ABANDONED,
+    ACCEPTED,
+    CLIENT,
+    ERROR,
+    REJECTED,
+    SERVER,
+    RouteMetrics,
+    WebSocketMetrics,
+    get_metrics,
+)
+from .ratelimit import report_failure
+from .routing import RouteResolver
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Scope key set on instrumented connections. Its value is the route label;
+#: an inner copy of this middleware that finds it passes the connection on
+#: without counting it a second time.
+SCOPE_KEY = "channels_ws_metrics.route"
+
+#: Code recorded when the application ends after accept with no close from
+#: either side (returned or cancelled): RFC 6455's "closed abnormally".
+ABNORMAL_CLOSURE_CODE = 1006
+
+_close_code_labels = CloseCodeLabels()
+
+
+def _utf8_length(text: str) -> int:
+    # str.isascii() reads a flag of the string object in CPython, so the
+    # common ASCII case costs no encoding.
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+class WebSocketMetricsMiddleware:
+    """Record Prometheus metrics for every WebSocket connection.
+
+    Wrap the ``"websocket"`` application of Channels' ``ProtocolTypeRouter``
+    with it, outside any origin or authentication middleware so that their
+    rejections are counted. Other scope types pass straight through.
+
+    ``metrics`` is for tests and embedding: by default the process-wide
+    families on prometheus_client's default registry are used, built from
+    the ``CHANNELS_WS_METRICS`` setting.
+    """
+
+    def __init__(self, app: ASGIApp, *, metrics: WebSocketMetrics | None = None) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._resolve_route = RouteResolver(app)
+        if metrics is None:
+            # Report a configuration mistake when the ASGI application is
+            # built, not inside the first connection.
+            get_settings()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket" or SCOPE_KEY in scope:
+            return await self.app(scope, receive, send)
+
+        try:
+            metrics = self._metrics if self._metrics is not None else get_metrics()
+            route = self._resolve_route(scope)
+            route_metrics = metrics.for_route(route)
+        except Exception as exc:
+            report_failure("connection setup", exc)
+            return await self.app(scope, receive, send)
+
+        scope = dict(scope)
+        scope[SCOPE_KEY] = route
+        await _instrument(self.app, scope, receive, send, route_metrics)
+
+
+async def _instrument(
+    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: RouteMetrics
+) -> None:
+    started = perf_counter()
+    accepted_at: float | None = None
+    gauge_raised = False
+    decided = False
+    client_left = False
+    close_code: Any = None
+    initiator: str | None = None
+
+    count_received = metrics.messages_received.inc
+    count_received_bytes = metrics.received_bytes.inc
+    count_sent = metrics.messages_sent.inc
+    count_sent_bytes = metrics.sent_bytes.inc
+
+    def record_handshake(outcome: str, now: float) -> None:
+        try:
+            metrics.handshakes[outcome].inc()
+            metrics.handshake_durations[outcome].observe(now - started)
+        except Exception as exc:
+            report_failure("handshake", exc)
+
+    async def receive_wrapper() -> Message:
+        nonlocal client_left, close_code, initiator
+        message = await receive()
+        message_type = message["type"]
+        if message_type == "websocket.receive":
+            try:
+                count_received()
+                text = message.get("text")
+                if text is None:
+                    count_received_bytes(len(message.get("bytes") or b""))
+                else:
+                    count_received_bytes(_utf8_length(text))
+            except Exception as exc:
+                report_failure("message received", exc)
+        elif message_type == "websocket.disconnect":
+            client_left = True
+            if close_code is None:
+                code = message.get("code")
+                close_code = NO_STATUS_CODE if code is None else code
+                initiator = CLIENT
+        return message
+
+    async def send_wrapper(message: Message) -> None:
+        nonlocal accepted_at, gauge_raised, decided, close_code, initiator
+        message_type = message["type"]
+        if message_type == "websocket.send":
+            await send(message)
+            try:
+                count_sent()
+                text = message.get("text")
+                if text is None:
+                    count_sent_bytes(len(message.get("bytes") or b""))
+                else:
+                    count_sent_bytes(_utf8_length(text))
+            except Exception as exc:
+                report_failure("message sent", exc)
+            return
+
+        if message_type == "websocket.accept":
+            # Counted only once the server took the accept: a send that
+            # raises leaves the connection not accepted.
+            await send(message)
+            if accepted_at is None and not decided:
+                accepted_at = perf_counter()
+                decided = True
+                try:
+                    metrics.active.inc()
+                    gauge_raised = True
+                except Exception as exc:
+                    report_failure("active gauge", exc)
+                try:
+                    metrics.connections.inc()
+                except Exception as exc:
+                    report_failure("connections", exc)
+                record_handshake(ACCEPTED, accepted_at)
+            return
+
+        if message_type == "websocket.close":
+            # Recorded before sending: the application's decision stands
+            # even when the client is already gone and the send fails.
+            if close_code is None:
+                code = message.get("code")
+                close_code = DEFAULT_CLOSE_CODE if code is None else code
+                initiator = SERVER
+            if not decided:
+                decided = True
+                record_handshake(REJECTED, perf_counter())
+        elif message_type == "websocket.http.response.start":
+            if not decided:
+                decided = True
+                record_handshake(REJECTED, perf_counter())
+        await send(message)
+
+    error: Exception | None = None
+    cancelled = False
+    try:
+        await app(scope, receive_wrapper, send_wrapper)
+    except asyncio.CancelledError:
+        cancelled = True
+        raise
+    except Exception as exc:
+        error = exc
+        raise
+    finally:
+        ended = perf_counter()
+        if accepted_at is not None:
+            if gauge_raised:
+                try:
+                    metrics.active.dec()
+                except Exception as exc:
+                    report_failure("active gauge", exc)
+            if close_code is None:
+                close_code = INTERNAL_ERROR_CODE if error is not None else ABNORMAL_CLOSURE_CODE
+                initiator = SERVER
+            try:
+                metrics.closed(_close_code_labels(close_code), initiator or SERVER).inc()
+                metrics.duration.observe(ended - accepted_at)
+            except Exception as exc:
+                report_failure("connection closed", exc)
+        elif not decided:
+            if error is not None:
+                outcome = ERROR
+            elif client_left or cancelled:
+                outcome = ABANDONED
+            else:
+                # The application returned without accepting or closing, so
+                # the server fails the handshake (uvicorn answers 500).
+                outcome = ERROR
+            record_handshake(outcome, ended)
+
+        if error is not None:
+            try:
+                metrics.exception(type(error).__name__).inc()
+            except Exception as exc:
+                report_failure("exceptions", exc)

@@ -1,0 +1,125 @@
+import pytest
+from channels.testing import WebsocketCommunicator
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from channels_ws_metrics import WebSocketMetricsMiddleware
+from channels_ws_metrics.conf import get_settings
+from channels_ws_metrics.metrics import WebSocketMetrics, get_metrics
+
+from .asgi_apps import router
+
+FAMILIES = {
+    "django_websocket_connections_active": "gauge",
+    "django_websocket_connections": "counter",
+    "django_websocket_connection_duration_seconds": "histogram",
+    "django_websocket_handshakes": "counter",
+    "django_websocket_handshake_duration_seconds": "histogram",
+    "django_websocket_connections_closed": "counter",
+    "django_websocket_messages_received": "counter",
+    "django_websocket_messages_sent": "counter",
+    "django_websocket_received_bytes": "counter",
+    "django_websocket_sent_bytes": "counter",
+    "django_websocket_exceptions": "counter",
+}
+
+
+def scrape(client):
+    """Return the /metrics exposition as {(sample name, labels): value} and family types."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    values = {}
+    types = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        types[family.name.removesuffix("_total")] = family.type
+        for sample in family.samples:
+            values[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return values, types
+
+
+def test_websocket_metrics_families_and_types():
+    metrics = WebSocketMetrics(CollectorRegistry())
+
+    assert {family.name: family.type for family in metrics.registry.collect()} == FAMILIES
+
+
+def test_websocket_metrics_namespace_prefixes_every_family():
+    metrics = WebSocketMetrics(CollectorRegistry(), namespace="shop")
+
+    assert {family.name for family in metrics.registry.collect()} == {f"shop_{name}" for name in FAMILIES}
+
+
+def test_websocket_metrics_route_children_are_cached():
+    metrics = WebSocketMetrics(CollectorRegistry())
+
+    assert metrics.for_route("a/") is metrics.for_route("a/")
+    assert metrics.for_route("a/").closed("1000", "client") is metrics.for_route("a/").closed("1000", "client")
+
+
+def test_websocket_metrics_buckets_apply():
+    registry = CollectorRegistry()
+    metrics = WebSocketMetrics(registry, connection_duration_buckets=(1, 10), handshake_duration_buckets=(0.5,))
+    metrics.for_route("r/").duration.observe(5)
+    metrics.for_route("r/").handshake_durations["accepted"].observe(0.1)
+
+    assert registry.get_sample_value("django_websocket_connection_duration_seconds_bucket", {"route": "r/", "le": "1.0"}) == 0.0
+    assert registry.get_sample_value("django_websocket_connection_duration_seconds_bucket", {"route": "r/", "le": "10.0"}) == 1.0
+    assert registry.get_sample_value("django_websocket_connection_duration_seconds_bucket", {"route": "r/", "le": "+Inf"}) == 1.0
+    assert registry.get_sample_value(
+        "django_websocket_handshake_duration_seconds_bucket", {"route": "r/", "outcome": "accepted", "le": "0.5"}
+    ) == 1.0
+
+
+def test_get_metrics_returns_one_set_per_process():
+    first = get_metrics()
+
+    WebSocketMetricsMiddleware(router())
+    WebSocketMetricsMiddleware(router())
+
+    assert get_metrics() is first
+    assert first.registry is REGISTRY
+
+
+def test_get_metrics_rebuilds_when_settings_change(settings):
+    before = get_metrics()
+    settings.CHANNELS_WS_METRICS = {"NAMESPACE": "shop"}
+
+    after = get_metrics()
+
+    assert after is not before
+    assert after.settings.namespace == "shop"
+    assert get_settings().namespace == "shop"
+    names = {family.name for family in REGISTRY.collect()}
+    assert "shop_django_websocket_connections_active" in names
+    assert "django_websocket_connections_active" not in names
+
+
+def test_get_metrics_follows_prometheus_metric_namespace(settings):
+    settings.PROMETHEUS_METRIC_NAMESPACE = "site"
+
+    assert get_metrics().settings.namespace == "site"
+
+
+def test_metrics_view_exports_families(client):
+    _, types = scrape(client)
+
+    for name, kind in FAMILIES.items():
+        assert types[name] == kind
+
+
+@pytest.mark.asyncio
+async def test_metrics_view_shows_connection(client):
+    route = (("route", "ws/echo/"),)
+    active = ("django_websocket_connections_active", route)
+    total = ("django_websocket_connections_total", route)
+    before, _ = scrape(client)
+
+    communicator = WebsocketCommunicator(WebSocketMetricsMiddleware(router()), "/ws/echo/?x=1")
+    await communicator.connect()
+    during, _ = scrape(client)
+    await communicator.disconnect()
+    after, _ = scrape(client)
+
+    assert during[active] == 1.0
+    assert after[active] == 0.0
+    assert after[total] - before.get(total, 0.0) == 1.0

@@ -1,0 +1,96 @@
+import pytest
+from channels.auth import AuthMiddlewareStack
+from channels.routing import URLRouter
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.urls import path, re_path
+
+from channels_ws_metrics import WebSocketMetricsMiddleware
+from channels_ws_metrics.routing import UNMATCHED, UNROUTED, RouteResolver, find_url_router
+
+from .asgi_apps import EchoConsumer, router
+
+consumer = EchoConsumer.as_asgi()
+
+
+def resolve(application, path_, **scope):
+    return RouteResolver(application)({"type": "websocket", "path": path_, **scope})
+
+
+def test_route_resolver_returns_path_template():
+    assert resolve(router(), "/ws/chat/lobby/") == "ws/chat/<str:room_name>/"
+
+
+def test_route_resolver_returns_re_path_regex():
+    assert resolve(router(), "/ws/legacy/42/") == r"^ws/legacy/(?P<id>\d+)/$"
+
+
+def test_route_resolver_returns_unmatched_for_unknown_path():
+    assert resolve(router(), "/ws/unknown/") == UNMATCHED
+
+
+def test_route_resolver_ignores_query_string():
+    assert resolve(router(), "/ws/echo/", query_string=b"token=abc") == "ws/echo/"
+
+
+def test_route_resolver_concatenates_nested_routers():
+    application = URLRouter([path("api/", URLRouter([path("v1/<int:id>/", consumer)]))])
+
+    assert resolve(application, "/api/v1/7/") == "api/v1/<int:id>/"
+
+
+def test_route_resolver_falls_through_nested_router_without_match():
+    application = URLRouter(
+        [
+            path("api/", URLRouter([path("v1/", consumer)])),
+            re_path(r"^api/(?P<rest>.*)$", consumer),
+        ]
+    )
+
+    assert resolve(application, "/api/v2/") == r"^api/(?P<rest>.*)$"
+
+
+def test_route_resolver_strips_root_path():
+    assert resolve(router(), "/prefix/ws/echo/", root_path="/prefix") == "ws/echo/"
+
+
+def test_route_resolver_rejects_path_outside_root_path():
+    assert resolve(router(), "/other/ws/echo/", root_path="/prefix") == UNMATCHED
+
+
+def test_route_resolver_handles_missing_path():
+    assert RouteResolver(router())({"type": "websocket"}) == UNMATCHED
+
+
+def test_route_resolver_returns_unrouted_without_router():
+    assert resolve(consumer, "/ws/echo/") == UNROUTED
+
+
+def test_find_url_router_walks_channels_middleware():
+    inner = router()
+    application = WebSocketMetricsMiddleware(
+        AllowedHostsOriginValidator(AuthMiddlewareStack(inner)), metrics=object()
+    )
+
+    assert find_url_router(application) is inner
+
+
+def test_find_url_router_stops_on_cycle():
+    class Loop:
+        pass
+
+    loop = Loop()
+    loop.inner = loop
+
+    assert find_url_router(loop) is None
+
+
+@pytest.mark.parametrize("attribute", ["inner", "application", "app"])
+def test_find_url_router_follows_wrapper_attribute(attribute):
+    class Wrapper:
+        pass
+
+    inner = router()
+    wrapper = Wrapper()
+    setattr(wrapper, attribute, inner)
+
+    assert find_url_router(wrapper) is inner
