@@ -11,14 +11,15 @@ import difflib
 import math
 import re
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings as django_settings
 from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
+from django.utils.module_loading import import_string
 
 SETTING_NAME = "CHANNELS_WS_METRICS"
 
@@ -32,20 +33,32 @@ DEFAULT_HANDSHAKE_DURATION_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 )  # fmt: skip
 
-KNOWN_KEYS = (
-    "NAMESPACE",
-    "CONNECTION_DURATION_BUCKETS",
-    "HANDSHAKE_DURATION_BUCKETS",
+#: Bytes. Powers of 4 from 64 B to 1 MiB.
+DEFAULT_MESSAGE_SIZE_BUCKETS: tuple[float, ...] = tuple(64 * 4**power for power in range(8))
+
+DEFAULT_MAX_LABEL_VALUES = 50
+
+#: Labels this package sets itself, plus names Prometheus and the
+#: multiprocess collector give a meaning of their own.
+RESERVED_LABEL_NAMES = frozenset(
+    {"route", "outcome", "code", "initiator", "exception_type", "direction", "le", "quantile", "pid"}
 )
 
 # Check ids, never reused. The tests import them.
 E_NOT_A_DICT = "channels_ws_metrics.E001"
 E_UNKNOWN_KEY = "channels_ws_metrics.E002"
-E_INVALID_NAMESPACE = "channels_ws_metrics.E003"
-E_BUCKETS_TYPE = "channels_ws_metrics.E004"
-E_BUCKETS_VALUES = "channels_ws_metrics.E005"
+E_WRONG_TYPE = "channels_ws_metrics.E003"
+E_BUCKETS_VALUES = "channels_ws_metrics.E004"
+E_INVALID_NAMESPACE = "channels_ws_metrics.E005"
+E_CLOSE_CODE_RANGE = "channels_ws_metrics.E006"
+E_SKIP_PATH_REGEX = "channels_ws_metrics.E007"
+E_LABEL_IMPORT = "channels_ws_metrics.E008"
+E_LABEL_NOT_CALLABLE = "channels_ws_metrics.E009"
+E_LABEL_NAME_INVALID = "channels_ws_metrics.E010"
+E_LABEL_NAME_RESERVED = "channels_ws_metrics.E011"
+E_MAX_LABEL_VALUES = "channels_ws_metrics.E012"
 
-_NAMESPACE_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -55,14 +68,258 @@ class WebSocketMetricsSettings:
     namespace: str = ""
     connection_duration_buckets: tuple[float, ...] = DEFAULT_CONNECTION_DURATION_BUCKETS
     handshake_duration_buckets: tuple[float, ...] = DEFAULT_HANDSHAKE_DURATION_BUCKETS
+    message_metrics: bool = True
+    message_size_histogram: bool = False
+    message_size_buckets: tuple[float, ...] = DEFAULT_MESSAGE_SIZE_BUCKETS
+    close_codes: tuple[int, ...] = ()
+    skip_paths: tuple[re.Pattern[str], ...] = ()
+    #: (label name, callable) pairs, in the order of the setting.
+    extra_labels: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = ()
+    max_label_values: int = DEFAULT_MAX_LABEL_VALUES
+    #: For error messages: where each callable in ``extra_labels`` came from.
+    extra_label_paths: Mapping[str, str] = field(default_factory=dict)
+
+
+def _key(key: str) -> str:
+    return f"{SETTING_NAME}[{key!r}]"
+
+
+def _type_error(key: str, expected: str, value: Any, hint: str) -> CheckMessage:
+    return Error(
+        f"{_key(key)} must be {expected}, got {type(value).__name__} {value!r}.",
+        hint=hint,
+        id=E_WRONG_TYPE,
+    )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+
+
+# -- one validator per key ----------------------------------------------------
+
+
+def _validate_namespace(name: str, value: Any) -> list[CheckMessage]:
+    if not isinstance(value, str):
+        return [
+            Error(
+                f"{name} must be a string, got {type(value).__name__} {value!r}.",
+                hint="Use letters, digits and underscores, or '' for no prefix.",
+                id=E_WRONG_TYPE,
+            )
+        ]
+    if value and not _NAME_RE.fullmatch(value):
+        return [
+            Error(
+                f"{name} is not a valid Prometheus metric name prefix: {value!r}.",
+                hint="Use letters, digits and underscores, not starting with a digit, "
+                "or '' for no prefix.",
+                id=E_INVALID_NAMESPACE,
+            )
+        ]
+    return []
+
+
+def _validate_buckets(key: str, value: Any, unit: str, example: str) -> list[CheckMessage]:
+    if not _is_sequence(value) or not value or not all(_is_number(bound) for bound in value):
+        return [
+            _type_error(
+                key,
+                "a non-empty list or tuple of numbers",
+                value,
+                f"Give the upper bounds in {unit}, for example {example}; "
+                "the +Inf bucket is added for you.",
+            )
+        ]
+    increasing = all(later > earlier for earlier, later in zip(value, value[1:]))
+    if not increasing or value[0] <= 0:
+        suggestion = sorted({bound for bound in value if bound > 0})
+        return [
+            Error(
+                f"{_key(key)} must be positive and strictly increasing, got {value!r}.",
+                hint=f"Sort the bounds and drop duplicates and values <= 0: {suggestion!r}.",
+                id=E_BUCKETS_VALUES,
+            )
+        ]
+    return []
+
+
+def _validate_bool(key: str, value: Any) -> list[CheckMessage]:
+    if isinstance(value, bool):
+        return []
+    return [_type_error(key, "True or False", value, f"Set {_key(key)} = True or False.")]
+
+
+def _validate_close_codes(value: Any) -> list[CheckMessage]:
+    key = "CLOSE_CODES"
+    if not _is_sequence(value) or not all(
+        isinstance(code, int) and not isinstance(code, bool) for code in value
+    ):
+        return [
+            _type_error(
+                key,
+                "a list or tuple of integers",
+                value,
+                "List the application close codes to keep in the code label, for example [4001, 4403].",
+            )
+        ]
+    outside = [code for code in value if not 3000 <= code <= 4999]
+    if outside:
+        return [
+            Error(
+                f"{_key(key)} contains codes outside 3000-4999: {outside!r}.",
+                hint="Only application codes (3000-4999) can be kept; codes 1000-1015 "
+                "are always kept and other codes are never sent by a conforming peer.",
+                id=E_CLOSE_CODE_RANGE,
+            )
+        ]
+    return []
+
+
+def _validate_skip_paths(value: Any) -> list[CheckMessage]:
+    key = "SKIP_PATHS"
+    if not _is_sequence(value) or not all(isinstance(pattern, str) for pattern in value):
+        return [
+            _type_error(
+                key,
+                "a list or tuple of regular expression strings",
+                value,
+                r"Give patterns that fully match scope['path'], for example [r'/ws/health/'].",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            errors.append(
+                Error(
+                    f"{_key(key)} contains {pattern!r}, which is not a valid regular expression: {exc}.",
+                    hint="Fix the pattern; it must compile with Python's re module.",
+                    id=E_SKIP_PATH_REGEX,
+                )
+            )
+    return errors
+
+
+def _validate_extra_labels(value: Any) -> list[CheckMessage]:
+    key = "EXTRA_LABELS"
+    if not isinstance(value, Mapping):
+        return [
+            _type_error(
+                key,
+                "a dict of label name to dotted path",
+                value,
+                "For example {'tenant': 'myproject.metrics.tenant_label'}, where the "
+                "callable takes the connection scope and returns a str.",
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for name, path in value.items():
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name.startswith("__"):
+            errors.append(
+                Error(
+                    f"{_key(key)} has an invalid label name {name!r}.",
+                    hint="Use letters, digits and underscores, not starting with a digit "
+                    "or with '__' (reserved by Prometheus).",
+                    id=E_LABEL_NAME_INVALID,
+                )
+            )
+        elif name in RESERVED_LABEL_NAMES:
+            errors.append(
+                Error(
+                    f"{_key(key)} uses the reserved label name {name!r}.",
+                    hint="Rename the label; these names are taken: "
+                    + ", ".join(sorted(RESERVED_LABEL_NAMES))
+                    + ".",
+                    id=E_LABEL_NAME_RESERVED,
+                )
+            )
+        errors += _validate_label_callable(name, path)
+    return errors
+
+
+def _validate_label_callable(name: Any, path: Any) -> list[CheckMessage]:
+    where = f"{_key('EXTRA_LABELS')}[{name!r}]"
+    if not isinstance(path, str):
+        return [
+            _type_error(
+                "EXTRA_LABELS",
+                "a dict whose values are dotted paths (str)",
+                path,
+                f"Set {where} to the dotted path of a callable, for example "
+                "'myproject.metrics.tenant_label'.",
+            )
+        ]
+    try:
+        target = import_string(path)
+    except ImportError as exc:
+        return [
+            Error(
+                f"{where} = {path!r} cannot be imported: {exc}.",
+                hint="Check the module and attribute names in the dotted path.",
+                id=E_LABEL_IMPORT,
+            )
+        ]
+    if not callable(target):
+        return [
+            Error(
+                f"{where} = {path!r} is not callable: it is {type(target).__name__} {target!r}.",
+                hint="Point to a function that takes the connection scope and returns a str.",
+                id=E_LABEL_NOT_CALLABLE,
+            )
+        ]
+    return []
+
+
+def _validate_max_label_values(value: Any) -> list[CheckMessage]:
+    key = "MAX_LABEL_VALUES"
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [_type_error(key, "an integer", value, f"Set {_key(key)} to a positive integer, for example 50.")]
+    if value < 1:
+        return [
+            Error(
+                f"{_key(key)} must be at least 1, got {value!r}.",
+                hint=f"Set it to the number of distinct values each extra label may take "
+                f"in one process (default {DEFAULT_MAX_LABEL_VALUES}).",
+                id=E_MAX_LABEL_VALUES,
+            )
+        ]
+    return []
+
+
+_VALIDATORS: dict[str, Callable[[Any], list[CheckMessage]]] = {
+    "NAMESPACE": lambda value: _validate_namespace(_key("NAMESPACE"), value),
+    "CONNECTION_DURATION_BUCKETS": lambda value: _validate_buckets(
+        "CONNECTION_DURATION_BUCKETS", value, "seconds", "[1, 60, 3600]"
+    ),
+    "HANDSHAKE_DURATION_BUCKETS": lambda value: _validate_buckets(
+        "HANDSHAKE_DURATION_BUCKETS", value, "seconds", "[0.01, 0.1, 1]"
+    ),
+    "MESSAGE_METRICS": lambda value: _validate_bool("MESSAGE_METRICS", value),
+    "MESSAGE_SIZE_HISTOGRAM": lambda value: _validate_bool("MESSAGE_SIZE_HISTOGRAM", value),
+    "MESSAGE_SIZE_BUCKETS": lambda value: _validate_buckets(
+        "MESSAGE_SIZE_BUCKETS", value, "bytes", "[256, 4096, 65536]"
+    ),
+    "CLOSE_CODES": _validate_close_codes,
+    "SKIP_PATHS": _validate_skip_paths,
+    "EXTRA_LABELS": _validate_extra_labels,
+    "MAX_LABEL_VALUES": _validate_max_label_values,
+}
+
+KNOWN_KEYS = tuple(_VALIDATORS)
 
 
 def validate(raw: Any, default_namespace: Any = "") -> list[CheckMessage]:
     """Return a check message for each mistake in a ``CHANNELS_WS_METRICS`` value."""
-    if not isinstance(raw, dict):
+    if not isinstance(raw, Mapping):
         return [
             Error(
-                f"{SETTING_NAME} must be a dict, not {type(raw).__name__} ({raw!r}).",
+                f"{SETTING_NAME} must be a dict, got {type(raw).__name__} {raw!r}.",
                 hint=f"Set {SETTING_NAME} = {{}} to use the defaults, "
                 "or a dict of the keys to change.",
                 id=E_NOT_A_DICT,
@@ -70,23 +327,19 @@ def validate(raw: Any, default_namespace: Any = "") -> list[CheckMessage]:
         ]
 
     errors: list[CheckMessage] = []
-    for key in raw:
-        if key not in KNOWN_KEYS:
+    for key, value in raw.items():
+        validator = _VALIDATORS.get(key)
+        if validator is None:
             errors.append(_unknown_key_error(key))
-
-    if "NAMESPACE" in raw:
-        errors += _validate_namespace(f"{SETTING_NAME}['NAMESPACE']", raw["NAMESPACE"])
-    else:
+        else:
+            errors += validator(value)
+    if "NAMESPACE" not in raw:
         errors += _validate_namespace("PROMETHEUS_METRIC_NAMESPACE", default_namespace)
-
-    for key in ("CONNECTION_DURATION_BUCKETS", "HANDSHAKE_DURATION_BUCKETS"):
-        if key in raw:
-            errors += _validate_buckets(key, raw[key])
     return errors
 
 
 def _unknown_key_error(key: Any) -> CheckMessage:
-    close = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1) if isinstance(key, str) else []
+    close = difflib.get_close_matches(key, KNOWN_KEYS, n=1) if isinstance(key, str) else []
     if close:
         hint = f"Did you mean {close[0]!r}?"
     else:
@@ -94,58 +347,10 @@ def _unknown_key_error(key: Any) -> CheckMessage:
     return Error(f"{SETTING_NAME} has an unknown key {key!r}.", hint=hint, id=E_UNKNOWN_KEY)
 
 
-def _validate_namespace(name: str, value: Any) -> list[CheckMessage]:
-    if isinstance(value, str) and (value == "" or _NAMESPACE_RE.fullmatch(value)):
-        return []
-    return [
-        Error(
-            f"{name} must be a string usable as a Prometheus metric name prefix, got {value!r}.",
-            hint="Use letters, digits and underscores, not starting with a digit, "
-            "or an empty string for no prefix.",
-            id=E_INVALID_NAMESPACE,
-        )
-    ]
-
-
-def _validate_buckets(key: str, value: Any) -> list[CheckMessage]:
-    name = f"{SETTING_NAME}[{key!r}]"
-    if (
-        isinstance(value, (str, bytes))
-        or not isinstance(value, Sequence)
-        or not value
-        or not all(_is_number(bound) for bound in value)
-    ):
-        return [
-            Error(
-                f"{name} must be a non-empty list or tuple of numbers, got {value!r}.",
-                hint="Give the upper bounds in seconds, for example [0.1, 1, 10]; "
-                "the +Inf bucket is added for you.",
-                id=E_BUCKETS_TYPE,
-            )
-        ]
-    if any(not bound > 0 for bound in value) or any(
-        later <= earlier for earlier, later in zip(value, value[1:])
-    ):
-        return [
-            Error(
-                f"{name} must be positive and strictly increasing, got {value!r}.",
-                hint=f"Sort the bounds and drop duplicates and values <= 0: {_suggest(value)!r}.",
-                id=E_BUCKETS_VALUES,
-            )
-        ]
-    return []
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _suggest(bounds: Sequence[float]) -> list[float]:
-    return sorted({bound for bound in bounds if bound > 0})
-
-
-def _build(raw: dict[str, Any], default_namespace: str) -> WebSocketMetricsSettings:
+def build(raw: Mapping[str, Any], default_namespace: str = "") -> WebSocketMetricsSettings:
+    """Build settings from a value that ``validate()`` accepted."""
     defaults = WebSocketMetricsSettings()
+    extra_label_paths = dict(raw.get("EXTRA_LABELS", {}))
     return WebSocketMetricsSettings(
         namespace=raw.get("NAMESPACE", default_namespace),
         connection_duration_buckets=tuple(
@@ -154,6 +359,14 @@ def _build(raw: dict[str, Any], default_namespace: str) -> WebSocketMetricsSetti
         handshake_duration_buckets=tuple(
             raw.get("HANDSHAKE_DURATION_BUCKETS", defaults.handshake_duration_buckets)
         ),
+        message_metrics=raw.get("MESSAGE_METRICS", defaults.message_metrics),
+        message_size_histogram=raw.get("MESSAGE_SIZE_HISTOGRAM", defaults.message_size_histogram),
+        message_size_buckets=tuple(raw.get("MESSAGE_SIZE_BUCKETS", defaults.message_size_buckets)),
+        close_codes=tuple(raw.get("CLOSE_CODES", ())),
+        skip_paths=tuple(re.compile(pattern) for pattern in raw.get("SKIP_PATHS", ())),
+        extra_labels=tuple((name, import_string(path)) for name, path in extra_label_paths.items()),
+        max_label_values=raw.get("MAX_LABEL_VALUES", defaults.max_label_values),
+        extra_label_paths=extra_label_paths,
     )
 
 
@@ -184,9 +397,10 @@ def _load() -> WebSocketMetricsSettings:
         raw, default_namespace = read_raw()
         errors = validate(raw, default_namespace)
         if errors:
-            first = errors[0]
-            raise ImproperlyConfigured(f"{first.msg} {first.hint} ({first.id})")
-        _cached = _build(raw, default_namespace)
+            raise ImproperlyConfigured(
+                "\n".join(f"{error.id}: {error.msg} HINT: {error.hint}" for error in errors)
+            )
+        _cached = build(raw, default_namespace)
         return _cached
 
 

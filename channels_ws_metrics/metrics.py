@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-from .conf import (
-    DEFAULT_CONNECTION_DURATION_BUCKETS,
-    DEFAULT_HANDSHAKE_DURATION_BUCKETS,
-    WATCHED_SETTINGS,
-    WebSocketMetricsSettings,
-    clear_cache,
-    get_settings,
-)
+from .close_codes import CloseCodeLabels
+from .conf import WATCHED_SETTINGS, WebSocketMetricsSettings, clear_cache, get_settings
+from .labels import ExtraLabels
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -28,49 +23,101 @@ OUTCOMES = (ACCEPTED, REJECTED, ERROR, ABANDONED)
 CLIENT = "client"
 SERVER = "server"
 
+RECEIVED = "received"
+SENT = "sent"
+
+Message = dict[str, Any]
+
+
+def _payload_size(message: Message) -> int:
+    text = message.get("text")
+    if text is None:
+        data = message.get("bytes")
+        return len(data) if data else 0
+    # str.isascii() reads a flag of the string object in CPython, so the
+    # common ASCII case costs no encoding.
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _message_recorder(
+    count: Counter | None, count_bytes: Counter | None, observe_size: Histogram | None
+) -> Callable[[Message], None] | None:
+    """Return the function that records one message, specialised to what is enabled."""
+    if count is not None and count_bytes is not None:
+        count_inc = count.inc
+        count_bytes_inc = count_bytes.inc
+        if observe_size is None:
+
+            def record(message: Message) -> None:
+                count_inc()
+                count_bytes_inc(_payload_size(message))
+
+        else:
+            observe = observe_size.observe
+
+            def record(message: Message) -> None:
+                size = _payload_size(message)
+                count_inc()
+                count_bytes_inc(size)
+                observe(size)
+
+        return record
+
+    if observe_size is not None:
+        observe = observe_size.observe
+
+        def record(message: Message) -> None:
+            observe(_payload_size(message))
+
+        return record
+
+    return None
+
 
 class RouteMetrics:
-    """Children of every family bound to one ``route`` label value.
+    """Children of every family bound to one set of label values.
 
     Binding once per route keeps ``labels()`` (a lock and a dict lookup) off
     the per-message path.
     """
 
-    __slots__ = (
-        "route",
-        "active",
-        "connections",
-        "duration",
-        "handshakes",
-        "handshake_durations",
-        "messages_received",
-        "messages_sent",
-        "received_bytes",
-        "sent_bytes",
-        "_closed_family",
-        "_closed",
-        "_exceptions_family",
-        "_lock",
-    )
-
-    def __init__(self, metrics: WebSocketMetrics, route: str) -> None:
-        self.route = route
-        self.active = metrics.connections_active.labels(route)
-        self.connections = metrics.connections_total.labels(route)
-        self.duration = metrics.connection_duration.labels(route)
+    def __init__(self, metrics: WebSocketMetrics, label_values: tuple[str, ...]) -> None:
+        self._label_values = label_values
+        self.active = metrics.connections_active.labels(*label_values)
+        self.connections = metrics.connections_total.labels(*label_values)
+        self.duration = metrics.connection_duration.labels(*label_values)
         self.handshakes = {
-            outcome: metrics.handshakes_total.labels(route, outcome) for outcome in OUTCOMES
+            outcome: metrics.handshakes_total.labels(*label_values[:1], outcome, *label_values[1:])
+            for outcome in OUTCOMES
         }
         self.handshake_durations = {
-            outcome: metrics.handshake_duration.labels(route, outcome) for outcome in OUTCOMES
+            outcome: metrics.handshake_duration.labels(*label_values[:1], outcome, *label_values[1:])
+            for outcome in OUTCOMES
         }
-        self.messages_received = metrics.messages_received_total.labels(route)
-        self.messages_sent = metrics.messages_sent_total.labels(route)
-        self.received_bytes = metrics.received_bytes_total.labels(route)
-        self.sent_bytes = metrics.sent_bytes_total.labels(route)
+
+        def bind(family: Any, *values: str) -> Any:
+            if family is None:
+                return None
+            return family.labels(*label_values[:1], *values, *label_values[1:])
+
+        #: Records a received or a sent message, or None when no message
+        #: metric is enabled.
+        self.record_received = _message_recorder(
+            bind(metrics.messages_received_total),
+            bind(metrics.received_bytes_total),
+            bind(metrics.message_size, RECEIVED),
+        )
+        self.record_sent = _message_recorder(
+            bind(metrics.messages_sent_total),
+            bind(metrics.sent_bytes_total),
+            bind(metrics.message_size, SENT),
+        )
+
         self._closed_family = metrics.connections_closed_total
-        # Keyed by (code label, initiator): at most a few dozen entries, because
-        # close code labels are bucketed.
+        # Keyed by (code label, initiator): at most a few dozen entries,
+        # because close code labels are bucketed.
         self._closed: dict[tuple[str, str], Any] = {}
         self._exceptions_family = metrics.exceptions_total
         self._lock = threading.Lock()
@@ -79,14 +126,16 @@ class RouteMetrics:
         key = (code_label, initiator)
         child = self._closed.get(key)
         if child is None:
-            child = self._closed_family.labels(self.route, code_label, initiator)
+            values = self._label_values
+            child = self._closed_family.labels(values[0], code_label, initiator, *values[1:])
             with self._lock:
                 self._closed[key] = child
         return child
 
     def exception(self, exception_type: str) -> Any:
-        # Rare, so not cached: an exception is already the expensive path.
-        return self._exceptions_family.labels(self.route, exception_type)
+        # Not cached: an escaping exception is already the expensive path.
+        values = self._label_values
+        return self._exceptions_family.labels(values[0], exception_type, *values[1:])
 
 
 class WebSocketMetrics:
@@ -100,128 +149,137 @@ class WebSocketMetrics:
     def __init__(
         self,
         registry: CollectorRegistry | None = REGISTRY,
-        *,
-        namespace: str = "",
-        connection_duration_buckets: Sequence[float] = DEFAULT_CONNECTION_DURATION_BUCKETS,
-        handshake_duration_buckets: Sequence[float] = DEFAULT_HANDSHAKE_DURATION_BUCKETS,
         settings: WebSocketMetricsSettings | None = None,
     ) -> None:
+        if settings is None:
+            settings = WebSocketMetricsSettings()
         self.registry = registry
-        #: The settings these families were built from, when built from settings.
         self.settings = settings
-        common: dict[str, Any] = {"namespace": namespace, "registry": registry}
+        self.close_code_label = CloseCodeLabels(settings.close_codes)
+        self.extra_labels = ExtraLabels(settings.extra_labels, settings.max_label_values)
+        self.skip_paths = settings.skip_paths
 
-        self.connections_active = Gauge(
+        extra = self.extra_labels.names
+        collectors: list[Any] = []
+
+        def build(kind: type, name: str, documentation: str, labels: list[str], **options: Any) -> Any:
+            family = kind(
+                name,
+                documentation,
+                labels + list(extra),
+                namespace=settings.namespace,
+                registry=registry,
+                **options,
+            )
+            collectors.append(family)
+            return family
+
+        self.connections_active = build(
+            Gauge,
             "django_websocket_connections_active",
             "WebSocket connections accepted and not yet closed.",
             ["route"],
             multiprocess_mode="livesum",
-            **common,
         )
-        self.connections_total = Counter(
-            "django_websocket_connections_total",
-            "WebSocket connections accepted.",
-            ["route"],
-            **common,
+        self.connections_total = build(
+            Counter, "django_websocket_connections_total", "WebSocket connections accepted.", ["route"]
         )
-        self.connection_duration = Histogram(
+        self.connection_duration = build(
+            Histogram,
             "django_websocket_connection_duration_seconds",
             "Time from accept to the end of the WebSocket connection.",
             ["route"],
-            buckets=connection_duration_buckets,
-            **common,
+            buckets=settings.connection_duration_buckets,
         )
-        self.handshakes_total = Counter(
+        self.handshakes_total = build(
+            Counter,
             "django_websocket_handshakes_total",
             "WebSocket connection attempts by the application's decision.",
             ["route", "outcome"],
-            **common,
         )
-        self.handshake_duration = Histogram(
+        self.handshake_duration = build(
+            Histogram,
             "django_websocket_handshake_duration_seconds",
             "Time from the connection attempt to the application's decision.",
             ["route", "outcome"],
-            buckets=handshake_duration_buckets,
-            **common,
+            buckets=settings.handshake_duration_buckets,
         )
-        self.connections_closed_total = Counter(
+        self.connections_closed_total = build(
+            Counter,
             "django_websocket_connections_closed_total",
             "Accepted WebSocket connections closed, by close code and by who closed first.",
             ["route", "code", "initiator"],
-            **common,
         )
-        self.messages_received_total = Counter(
-            "django_websocket_messages_received_total",
-            "WebSocket messages received from clients.",
-            ["route"],
-            **common,
-        )
-        self.messages_sent_total = Counter(
-            "django_websocket_messages_sent_total",
-            "WebSocket messages sent to clients.",
-            ["route"],
-            **common,
-        )
-        self.received_bytes_total = Counter(
-            "django_websocket_received_bytes_total",
-            "Payload bytes of WebSocket messages received (UTF-8 length of text).",
-            ["route"],
-            **common,
-        )
-        self.sent_bytes_total = Counter(
-            "django_websocket_sent_bytes_total",
-            "Payload bytes of WebSocket messages sent (UTF-8 length of text).",
-            ["route"],
-            **common,
-        )
-        self.exceptions_total = Counter(
+
+        self.messages_received_total = None
+        self.messages_sent_total = None
+        self.received_bytes_total = None
+        self.sent_bytes_total = None
+        if settings.message_metrics:
+            self.messages_received_total = build(
+                Counter,
+                "django_websocket_messages_received_total",
+                "WebSocket messages received from clients.",
+                ["route"],
+            )
+            self.messages_sent_total = build(
+                Counter,
+                "django_websocket_messages_sent_total",
+                "WebSocket messages sent to clients.",
+                ["route"],
+            )
+            self.received_bytes_total = build(
+                Counter,
+                "django_websocket_received_bytes_total",
+                "Payload bytes of WebSocket messages received (UTF-8 length of text).",
+                ["route"],
+            )
+            self.sent_bytes_total = build(
+                Counter,
+                "django_websocket_sent_bytes_total",
+                "Payload bytes of WebSocket messages sent (UTF-8 length of text).",
+                ["route"],
+            )
+
+        self.message_size = None
+        if settings.message_size_histogram:
+            self.message_size = build(
+                Histogram,
+                "django_websocket_message_size_bytes",
+                "Payload size of WebSocket messages (UTF-8 length of text).",
+                ["route", "direction"],
+                buckets=settings.message_size_buckets,
+            )
+
+        self.exceptions_total = build(
+            Counter,
             "django_websocket_exceptions_total",
             "Exceptions that escaped the WebSocket application, by class name.",
             ["route", "exception_type"],
-            **common,
         )
+        self.collectors = tuple(collectors)
 
-        # Keyed by route label, whose values come from the router's patterns
-        # plus two fixed labels, so the cache cannot grow with traffic.
-        self._routes: dict[str, RouteMetrics] = {}
+        # Keyed by label values: routes come from the router's patterns plus
+        # two fixed labels, and each extra label is capped at
+        # MAX_LABEL_VALUES, so the cache cannot grow with traffic.
+        self._routes: dict[tuple[str, ...], RouteMetrics] = {}
         self._lock = threading.Lock()
 
-    @classmethod
-    def from_settings(
-        cls, settings: WebSocketMetricsSettings, registry: CollectorRegistry | None = REGISTRY
-    ) -> WebSocketMetrics:
-        return cls(
-            registry,
-            namespace=settings.namespace,
-            connection_duration_buckets=settings.connection_duration_buckets,
-            handshake_duration_buckets=settings.handshake_duration_buckets,
-            settings=settings,
-        )
+    def skips(self, path: Any) -> bool:
+        """Return whether connections to ``path`` are left uninstrumented."""
+        if not self.skip_paths or not isinstance(path, str):
+            return False
+        return any(pattern.fullmatch(path) for pattern in self.skip_paths)
 
-    @property
-    def collectors(self) -> tuple[Any, ...]:
-        return (
-            self.connections_active,
-            self.connections_total,
-            self.connection_duration,
-            self.handshakes_total,
-            self.handshake_duration,
-            self.connections_closed_total,
-            self.messages_received_total,
-            self.messages_sent_total,
-            self.received_bytes_total,
-            self.sent_bytes_total,
-            self.exceptions_total,
-        )
-
-    def for_route(self, route: str) -> RouteMetrics:
-        route_metrics = self._routes.get(route)
+    def for_route(self, route: str, extra_values: tuple[str, ...] = ()) -> RouteMetrics:
+        key = (route, *extra_values)
+        route_metrics = self._routes.get(key)
         if route_metrics is None:
             with self._lock:
-                route_metrics = self._routes.get(route)
+                route_metrics = self._routes.get(key)
                 if route_metrics is None:
-                    route_metrics = RouteMetrics(self, route)
-                    self._routes[route] = route_metrics
+                    route_metrics = RouteMetrics(self, key)
+                    self._routes[key] = route_metrics
         return route_metrics
 
     def unregister(self) -> None:
@@ -259,7 +317,7 @@ def _rebuild(settings: WebSocketMetricsSettings) -> WebSocketMetrics:
             if _current.settings is settings:
                 return _current
             _current.unregister()
-        _current = WebSocketMetrics.from_settings(settings, REGISTRY)
+        _current = WebSocketMetrics(REGISTRY, settings)
         return _current
 
 

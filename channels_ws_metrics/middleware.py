@@ -37,17 +37,6 @@ SCOPE_KEY = "channels_ws_metrics.route"
 #: either side (returned or cancelled): RFC 6455's "closed abnormally".
 ABNORMAL_CLOSURE_CODE = 1006
 
-_close_code_labels = CloseCodeLabels()
-
-
-def _utf8_length(text: str) -> int:
-    # str.isascii() reads a flag of the string object in CPython, so the
-    # common ASCII case costs no encoding.
-    if text.isascii():
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 class WebSocketMetricsMiddleware:
     """Record Prometheus metrics for every WebSocket connection.
 
@@ -75,19 +64,27 @@ class WebSocketMetricsMiddleware:
 
         try:
             metrics = self._metrics if self._metrics is not None else get_metrics()
+            if metrics.skips(scope.get("path")):
+                return await self.app(scope, receive, send)
             route = self._resolve_route(scope)
-            route_metrics = metrics.for_route(route)
+            extra_values = await metrics.extra_labels.values(scope) if metrics.extra_labels else ()
+            route_metrics = metrics.for_route(route, extra_values)
         except Exception as exc:
-            report_failure("connection setup", exc)
+            report_failure("setting up metrics for a connection", exc)
             return await self.app(scope, receive, send)
 
         scope = dict(scope)
         scope[SCOPE_KEY] = route
-        await _instrument(self.app, scope, receive, send, route_metrics)
+        await _instrument(self.app, scope, receive, send, route_metrics, metrics.close_code_label)
 
 
 async def _instrument(
-    app: ASGIApp, scope: Scope, receive: Receive, send: Send, metrics: RouteMetrics
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    metrics: RouteMetrics,
+    close_code_label: CloseCodeLabels,
 ) -> None:
     started = perf_counter()
     accepted_at: float | None = None
@@ -97,32 +94,26 @@ async def _instrument(
     close_code: Any = None
     initiator: str | None = None
 
-    count_received = metrics.messages_received.inc
-    count_received_bytes = metrics.received_bytes.inc
-    count_sent = metrics.messages_sent.inc
-    count_sent_bytes = metrics.sent_bytes.inc
+    record_received = metrics.record_received
+    record_sent = metrics.record_sent
 
     def record_handshake(outcome: str, now: float) -> None:
         try:
             metrics.handshakes[outcome].inc()
             metrics.handshake_durations[outcome].observe(now - started)
         except Exception as exc:
-            report_failure("handshake", exc)
+            report_failure("recording the handshake", exc)
 
     async def receive_wrapper() -> Message:
         nonlocal client_left, close_code, initiator
         message = await receive()
         message_type = message["type"]
         if message_type == "websocket.receive":
-            try:
-                count_received()
-                text = message.get("text")
-                if text is None:
-                    count_received_bytes(len(message.get("bytes") or b""))
-                else:
-                    count_received_bytes(_utf8_length(text))
-            except Exception as exc:
-                report_failure("message received", exc)
+            if record_received is not None:
+                try:
+                    record_received(message)
+                except Exception as exc:
+                    report_failure("recording a received message", exc)
         elif message_type == "websocket.disconnect":
             client_left = True
             if close_code is None:
@@ -136,15 +127,11 @@ async def _instrument(
         message_type = message["type"]
         if message_type == "websocket.send":
             await send(message)
-            try:
-                count_sent()
-                text = message.get("text")
-                if text is None:
-                    count_sent_bytes(len(message.get("bytes") or b""))
-                else:
-                    count_sent_bytes(_utf8_length(text))
-            except Exception as exc:
-                report_failure("message sent", exc)
+            if record_sent is not None:
+                try:
+                    record_sent(message)
+                except Exception as exc:
+                    report_failure("recording a sent message", exc)
             return
 
         if message_type == "websocket.accept":
@@ -158,11 +145,11 @@ async def _instrument(
                     metrics.active.inc()
                     gauge_raised = True
                 except Exception as exc:
-                    report_failure("active gauge", exc)
+                    report_failure("updating the active gauge", exc)
                 try:
                     metrics.connections.inc()
                 except Exception as exc:
-                    report_failure("connections", exc)
+                    report_failure("counting the connection", exc)
                 record_handshake(ACCEPTED, accepted_at)
             return
 
@@ -199,15 +186,15 @@ async def _instrument(
                 try:
                     metrics.active.dec()
                 except Exception as exc:
-                    report_failure("active gauge", exc)
+                    report_failure("updating the active gauge", exc)
             if close_code is None:
                 close_code = INTERNAL_ERROR_CODE if error is not None else ABNORMAL_CLOSURE_CODE
                 initiator = SERVER
             try:
-                metrics.closed(_close_code_labels(close_code), initiator or SERVER).inc()
+                metrics.closed(close_code_label(close_code), initiator or SERVER).inc()
                 metrics.duration.observe(ended - accepted_at)
             except Exception as exc:
-                report_failure("connection closed", exc)
+                report_failure("recording the close", exc)
         elif not decided:
             if error is not None:
                 outcome = ERROR
@@ -223,4 +210,4 @@ async def _instrument(
             try:
                 metrics.exception(type(error).__name__).inc()
             except Exception as exc:
-                report_failure("exceptions", exc)
+                report_failure("counting the exception", exc)

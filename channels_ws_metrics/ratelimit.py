@@ -39,9 +39,8 @@ class FailureLog:
             suppressed = self._suppressed.pop(kind, 0)
 
         logger.error(
-            "Recording WebSocket metrics failed (%s): %s: %s; "
-            "%d similar failures suppressed since the last report. "
-            "The connection is unaffected.",
+            "channels_ws_metrics: %s failed: %s: %s (%d similar failures suppressed "
+            "since the last report). The WebSocket connection goes on without it.",
             kind,
             type(exc).__name__,
             exc,

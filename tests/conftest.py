@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from channels_ws_metrics.metrics import WebSocketMetrics
 
@@ -30,3 +31,32 @@ class Samples:
 @pytest.fixture
 def samples(registry: CollectorRegistry) -> Samples:
     return Samples(registry)
+
+
+class Exposition:
+    """One scrape of the real /metrics view, parsed."""
+
+    def __init__(self, text: str) -> None:
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.types: dict[str, str] = {}
+        for family in text_string_to_metric_families(text):
+            self.types[family.name.removesuffix("_total")] = family.type
+            for sample in family.samples:
+                self.values[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+
+    def __call__(self, name: str, **labels: str) -> float:
+        """Return a sample's value, 0.0 when the series is absent."""
+        return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def series(self, name: str) -> list[dict[str, str]]:
+        return [dict(labels) for sample, labels in self.values if sample == name]
+
+
+@pytest.fixture
+def scrape(client):
+    def get() -> Exposition:
+        response = client.get("/metrics")
+        assert response.status_code == 200
+        return Exposition(response.content.decode())
+
+    return get

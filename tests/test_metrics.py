@@ -1,10 +1,9 @@
 import pytest
 from channels.testing import WebsocketCommunicator
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
-from channels_ws_metrics.conf import get_settings
+from channels_ws_metrics.conf import WebSocketMetricsSettings, get_settings
 from channels_ws_metrics.metrics import WebSocketMetrics, get_metrics
 
 from .asgi_apps import router
@@ -24,19 +23,6 @@ FAMILIES = {
 }
 
 
-def scrape(client):
-    """Return the /metrics exposition as {(sample name, labels): value} and family types."""
-    response = client.get("/metrics")
-    assert response.status_code == 200
-    values = {}
-    types = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        types[family.name.removesuffix("_total")] = family.type
-        for sample in family.samples:
-            values[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return values, types
-
-
 def test_websocket_metrics_families_and_types():
     metrics = WebSocketMetrics(CollectorRegistry())
 
@@ -44,7 +30,7 @@ def test_websocket_metrics_families_and_types():
 
 
 def test_websocket_metrics_namespace_prefixes_every_family():
-    metrics = WebSocketMetrics(CollectorRegistry(), namespace="shop")
+    metrics = WebSocketMetrics(CollectorRegistry(), WebSocketMetricsSettings(namespace="shop"))
 
     assert {family.name for family in metrics.registry.collect()} == {f"shop_{name}" for name in FAMILIES}
 
@@ -58,7 +44,9 @@ def test_websocket_metrics_route_children_are_cached():
 
 def test_websocket_metrics_buckets_apply():
     registry = CollectorRegistry()
-    metrics = WebSocketMetrics(registry, connection_duration_buckets=(1, 10), handshake_duration_buckets=(0.5,))
+    metrics = WebSocketMetrics(
+        registry, WebSocketMetricsSettings(connection_duration_buckets=(1, 10), handshake_duration_buckets=(0.5,))
+    )
     metrics.for_route("r/").duration.observe(5)
     metrics.for_route("r/").handshake_durations["accepted"].observe(0.1)
 
@@ -100,26 +88,25 @@ def test_get_metrics_follows_prometheus_metric_namespace(settings):
     assert get_metrics().settings.namespace == "site"
 
 
-def test_metrics_view_exports_families(client):
-    _, types = scrape(client)
+def test_metrics_view_exports_families(scrape):
+    types = scrape().types
 
     for name, kind in FAMILIES.items():
         assert types[name] == kind
 
 
 @pytest.mark.asyncio
-async def test_metrics_view_shows_connection(client):
-    route = (("route", "ws/echo/"),)
-    active = ("django_websocket_connections_active", route)
-    total = ("django_websocket_connections_total", route)
-    before, _ = scrape(client)
+async def test_metrics_view_shows_connection(scrape):
+    route = {"route": "ws/echo/"}
+    before = scrape()
 
     communicator = WebsocketCommunicator(WebSocketMetricsMiddleware(router()), "/ws/echo/?x=1")
     await communicator.connect()
-    during, _ = scrape(client)
+    during = scrape()
     await communicator.disconnect()
-    after, _ = scrape(client)
+    after = scrape()
 
-    assert during[active] == 1.0
-    assert after[active] == 0.0
-    assert after[total] - before.get(total, 0.0) == 1.0
+    assert during("django_websocket_connections_active", **route) == 1.0
+    assert after("django_websocket_connections_active", **route) == 0.0
+    total = "django_websocket_connections_total"
+    assert after(total, **route) - before(total, **route) == 1.0
