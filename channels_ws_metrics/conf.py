@@ -172,8 +172,8 @@ def _validate_close_codes(value: Any) -> list[CheckMessage]:
         return [
             Error(
                 f"{_key(key)} contains codes outside 3000-4999: {outside!r}.",
-                hint="Only application codes (3000-4999) can be kept; codes 1000-1015 "
-                "are always kept and other codes are never sent by a conforming peer.",
+                hint="Remove them: only application codes (3000-4999) can be listed. "
+                "Codes 1000-1015 are always kept, and any other code is labelled 'other'.",
                 id=E_CLOSE_CODE_RANGE,
             )
         ]
