@@ -94,8 +94,21 @@ async def _instrument(
     close_code: Any = None
     initiator: str | None = None
 
+    # The exception the server's send raised, if any. Servers raise OSError
+    # when the client is gone (uvicorn's ClientDisconnected is one), which is
+    # the client leaving, not a failure of the application.
+    send_error: OSError | None = None
+
     record_received = metrics.record_received
     record_sent = metrics.record_sent
+
+    def client_gone(exc: OSError) -> None:
+        nonlocal send_error, client_left, close_code, initiator
+        send_error = exc
+        client_left = True
+        if close_code is None:
+            close_code = ABNORMAL_CLOSURE_CODE
+            initiator = CLIENT
 
     def record_handshake(outcome: str, now: float) -> None:
         try:
@@ -126,7 +139,11 @@ async def _instrument(
         nonlocal accepted_at, gauge_raised, decided, close_code, initiator
         message_type = message["type"]
         if message_type == "websocket.send":
-            await send(message)
+            try:
+                await send(message)
+            except OSError as exc:
+                client_gone(exc)
+                raise
             if record_sent is not None:
                 try:
                     record_sent(message)
@@ -137,7 +154,11 @@ async def _instrument(
         if message_type == "websocket.accept":
             # Counted only once the server took the accept: a send that
             # raises leaves the connection not accepted.
-            await send(message)
+            try:
+                await send(message)
+            except OSError as exc:
+                client_gone(exc)
+                raise
             if accepted_at is None and not decided:
                 accepted_at = perf_counter()
                 decided = True
@@ -167,7 +188,11 @@ async def _instrument(
             if not decided:
                 decided = True
                 record_handshake(REJECTED, perf_counter())
-        await send(message)
+        try:
+            await send(message)
+        except OSError as exc:
+            client_gone(exc)
+            raise
 
     error: Exception | None = None
     cancelled = False
@@ -177,7 +202,8 @@ async def _instrument(
         cancelled = True
         raise
     except Exception as exc:
-        error = exc
+        if exc is not send_error:
+            error = exc
         raise
     finally:
         ended = perf_counter()

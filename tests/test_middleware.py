@@ -281,7 +281,7 @@ async def test_middleware_records_cancel_before_decision_as_abandoned(metrics, s
     assert samples("django_websocket_handshakes_total", route="<unrouted>", outcome="abandoned") == 1.0
 
 
-async def test_middleware_records_send_accept_oserror_as_error(metrics, samples):
+async def test_middleware_records_send_accept_oserror_as_abandoned(metrics, samples):
     async def send(message):
         raise OSError("connection reset")
 
@@ -294,10 +294,46 @@ async def test_middleware_records_send_accept_oserror_as_error(metrics, samples)
 
     route = {"route": "<unrouted>"}
     assert samples("django_websocket_handshakes_total", outcome="accepted", **route) == 0.0
-    assert samples("django_websocket_handshakes_total", outcome="error", **route) == 1.0
+    assert samples("django_websocket_handshakes_total", outcome="abandoned", **route) == 1.0
     assert samples("django_websocket_connections_total", **route) == 0.0
     assert samples("django_websocket_connections_active", **route) == 0.0
-    assert samples("django_websocket_exceptions_total", exception_type="OSError", **route) == 1.0
+    assert samples("django_websocket_exceptions_total", exception_type="OSError", **route) == 0.0
+
+
+async def test_middleware_records_send_oserror_after_accept_as_client_close(metrics, samples):
+    async def send(message):
+        if message["type"] == "websocket.send":
+            raise ConnectionResetError("client gone")
+
+    app = ScriptedApp("receive", ACCEPT, {"type": "websocket.send", "text": "late"})
+    queue: asyncio.Queue = asyncio.Queue()
+    queue.put_nowait({"type": "websocket.connect"})
+
+    with pytest.raises(ConnectionResetError):
+        await wrap(metrics, app)({"type": "websocket", "path": "/x/"}, queue.get, send)
+
+    route = {"route": "<unrouted>"}
+    assert samples("django_websocket_connections_closed_total", code="1006", initiator="client", **route) == 1.0
+    assert samples("django_websocket_messages_sent_total", **route) == 0.0
+    assert samples("django_websocket_exceptions_total", exception_type="ConnectionResetError", **route) == 0.0
+    assert samples("django_websocket_connections_active", **route) == 0.0
+
+
+async def test_middleware_counts_other_send_errors_as_exceptions(metrics, samples):
+    async def send(message):
+        if message["type"] == "websocket.send":
+            raise RuntimeError("Unexpected ASGI message")
+
+    app = ScriptedApp("receive", ACCEPT, {"type": "websocket.send", "text": "x"})
+    queue: asyncio.Queue = asyncio.Queue()
+    queue.put_nowait({"type": "websocket.connect"})
+
+    with pytest.raises(RuntimeError):
+        await wrap(metrics, app)({"type": "websocket", "path": "/x/"}, queue.get, send)
+
+    route = {"route": "<unrouted>"}
+    assert samples("django_websocket_connections_closed_total", code="1011", initiator="server", **route) == 1.0
+    assert samples("django_websocket_exceptions_total", exception_type="RuntimeError", **route) == 1.0
 
 
 # -- handshake outcomes -------------------------------------------------------
