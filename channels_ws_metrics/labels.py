@@ -11,6 +11,7 @@ from typing import Any
 
 from .ratelimit import report_failure
 
+
 #: Value of a label whose callable raised, timed out or returned a non-str.
 ERROR_VALUE = "<error>"
 
@@ -39,6 +40,7 @@ class ExtraLabels:
         labels: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...],
         max_values: int,
         timeout: float = CALL_TIMEOUT,
+        on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self.names = tuple(name for name, _ in labels)
         self._functions = tuple(function for _, function in labels)
@@ -46,6 +48,7 @@ class ExtraLabels:
         self._timeout = timeout
         self._seen: tuple[set[str], ...] = tuple(set() for _ in labels)
         self._lock = threading.Lock()
+        self._on_failure = on_failure or _log_failure
 
     def __bool__(self) -> bool:
         return bool(self.names)
@@ -71,21 +74,15 @@ class ExtraLabels:
                     loop.run_in_executor(_executor, function, scope), self._timeout
                 )
         except asyncio.TimeoutError:
-            report_failure(
-                f"EXTRA_LABELS[{name!r}] callable",
-                TimeoutError(f"no value within {self._timeout} s"),
-            )
+            self._on_failure(name, TimeoutError(f"no value within {self._timeout} s"))
             return ERROR_VALUE
         except Exception as exc:
-            report_failure(f"EXTRA_LABELS[{name!r}] callable", exc)
+            self._on_failure(name, exc)
             return ERROR_VALUE
         if not isinstance(value, str):
             if inspect.iscoroutine(value):
                 value.close()  # never awaited: close it so no warning is emitted
-            report_failure(
-                f"EXTRA_LABELS[{name!r}] callable",
-                TypeError(f"returned {type(value).__name__} {value!r}, expected str"),
-            )
+            self._on_failure(name, TypeError(f"returned {type(value).__name__} {value!r}, expected str"))
             return ERROR_VALUE
         return value
 
@@ -100,3 +97,7 @@ class ExtraLabels:
                 return OTHER_VALUE
             seen.add(value)
         return value
+
+
+def _log_failure(name: str, exc: BaseException) -> None:
+    report_failure(f"EXTRA_LABELS[{name!r}] callable", exc)

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from .close_codes import CloseCodeLabels
 from .conf import WATCHED_SETTINGS, WebSocketMetricsSettings, clear_cache, get_settings
 from .labels import ExtraLabels
+from .ratelimit import report_failure
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -25,6 +26,19 @@ SERVER = "server"
 
 RECEIVED = "received"
 SENT = "sent"
+
+# Values of the ``operation`` label of the metric errors counter, with the
+# words the log uses for each.
+OPERATIONS = {
+    "setup": "setting up metrics for a connection",
+    "handshake": "recording the handshake",
+    "accept": "recording the accepted connection",
+    "message_received": "recording a received message",
+    "message_sent": "recording a sent message",
+    "close": "recording the end of the connection",
+    "exception": "counting the exception",
+    "extra_label": "computing an extra label",
+}
 
 Message = dict[str, Any]
 
@@ -84,6 +98,7 @@ class RouteMetrics:
     """
 
     def __init__(self, metrics: WebSocketMetrics, label_values: tuple[str, ...]) -> None:
+        self.owner = metrics
         self._label_values = label_values
         self.active = metrics.connections_active.labels(*label_values)
         self.connections = metrics.connections_total.labels(*label_values)
@@ -156,7 +171,9 @@ class WebSocketMetrics:
         self.registry = registry
         self.settings = settings
         self.close_code_label = CloseCodeLabels(settings.close_codes)
-        self.extra_labels = ExtraLabels(settings.extra_labels, settings.max_label_values)
+        self.extra_labels = ExtraLabels(
+            settings.extra_labels, settings.max_label_values, on_failure=self._extra_label_failed
+        )
         self.skip_paths = settings.skip_paths
 
         extra = self.extra_labels.names
@@ -257,13 +274,52 @@ class WebSocketMetrics:
             "Exceptions that escaped the WebSocket application, by class name.",
             ["route", "exception_type"],
         )
+        # Not labelled with the extra labels: a failure may happen before
+        # their values are known.
+        self.metric_errors_total = Counter(
+            "django_websocket_metric_errors_total",
+            "Failures of channels_ws_metrics to record a metric; the connections went on.",
+            ["operation"],
+            namespace=settings.namespace,
+            registry=registry,
+        )
+        collectors.append(self.metric_errors_total)
         self.collectors = tuple(collectors)
+        # Failures not yet added to metric_errors_total, by operation. They
+        # wait in memory while the metric storage itself fails.
+        self.pending_errors: dict[str, int] = {}
 
         # Keyed by label values: routes come from the router's patterns plus
         # two fixed labels, and each extra label is capped at
         # MAX_LABEL_VALUES, so the cache cannot grow with traffic.
         self._routes: dict[tuple[str, ...], RouteMetrics] = {}
         self._lock = threading.Lock()
+
+    def failed(self, operation: str, exc: BaseException, description: str | None = None) -> None:
+        """Log a failure to record a metric (rate-limited) and count it."""
+        report_failure(description or OPERATIONS[operation], exc)
+        with self._lock:
+            self.pending_errors[operation] = self.pending_errors.get(operation, 0) + 1
+        self.flush_errors()
+
+    def flush_errors(self) -> None:
+        """Add the failures counted in memory to ``metric_errors_total``, if it works now."""
+        with self._lock:
+            pending, self.pending_errors = self.pending_errors, {}
+        unrecorded: dict[str, int] = {}
+        for operation, count in pending.items():
+            try:
+                self.metric_errors_total.labels(operation).inc(count)
+            except Exception:
+                # The storage is still failing; that failure was logged already.
+                unrecorded[operation] = count
+        if unrecorded:
+            with self._lock:
+                for operation, count in unrecorded.items():
+                    self.pending_errors[operation] = self.pending_errors.get(operation, 0) + count
+
+    def _extra_label_failed(self, name: str, exc: BaseException) -> None:
+        self.failed("extra_label", exc, f"EXTRA_LABELS[{name!r}] callable")
 
     def skips(self, path: Any) -> bool:
         """Return whether connections to ``path`` are left uninstrumented."""

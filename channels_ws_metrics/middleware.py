@@ -13,6 +13,7 @@ from .metrics import (
     ACCEPTED,
     CLIENT,
     ERROR,
+    OPERATIONS,
     REJECTED,
     SERVER,
     RouteMetrics,
@@ -62,15 +63,20 @@ class WebSocketMetricsMiddleware:
         if scope["type"] != "websocket" or SCOPE_KEY in scope:
             return await self.app(scope, receive, send)
 
+        metrics = self._metrics
         try:
-            metrics = self._metrics if self._metrics is not None else get_metrics()
+            if metrics is None:
+                metrics = get_metrics()
             if metrics.skips(scope.get("path")):
                 return await self.app(scope, receive, send)
             route = self._resolve_route(scope)
             extra_values = await metrics.extra_labels.values(scope) if metrics.extra_labels else ()
             route_metrics = metrics.for_route(route, extra_values)
         except Exception as exc:
-            report_failure("setting up metrics for a connection", exc)
+            if metrics is None:
+                report_failure(OPERATIONS["setup"], exc)
+            else:
+                metrics.failed("setup", exc)
             return await self.app(scope, receive, send)
 
         scope = dict(scope)
@@ -101,6 +107,7 @@ async def _instrument(
 
     record_received = metrics.record_received
     record_sent = metrics.record_sent
+    failed = metrics.owner.failed
 
     def client_gone(exc: OSError) -> None:
         nonlocal send_error, client_left, close_code, initiator
@@ -115,7 +122,7 @@ async def _instrument(
             metrics.handshakes[outcome].inc()
             metrics.handshake_durations[outcome].observe(now - started)
         except Exception as exc:
-            report_failure("recording the handshake", exc)
+            failed("handshake", exc)
 
     async def receive_wrapper() -> Message:
         nonlocal client_left, close_code, initiator
@@ -126,7 +133,7 @@ async def _instrument(
                 try:
                     record_received(message)
                 except Exception as exc:
-                    report_failure("recording a received message", exc)
+                    failed("message_received", exc)
         elif message_type == "websocket.disconnect":
             client_left = True
             if close_code is None:
@@ -148,7 +155,7 @@ async def _instrument(
                 try:
                     record_sent(message)
                 except Exception as exc:
-                    report_failure("recording a sent message", exc)
+                    failed("message_sent", exc)
             return
 
         if message_type == "websocket.accept":
@@ -166,11 +173,11 @@ async def _instrument(
                     metrics.active.inc()
                     gauge_raised = True
                 except Exception as exc:
-                    report_failure("updating the active gauge", exc)
+                    failed("accept", exc)
                 try:
                     metrics.connections.inc()
                 except Exception as exc:
-                    report_failure("counting the connection", exc)
+                    failed("accept", exc)
                 record_handshake(ACCEPTED, accepted_at)
             return
 
@@ -212,7 +219,7 @@ async def _instrument(
                 try:
                     metrics.active.dec()
                 except Exception as exc:
-                    report_failure("updating the active gauge", exc)
+                    failed("close", exc)
             if close_code is None:
                 close_code = INTERNAL_ERROR_CODE if error is not None else ABNORMAL_CLOSURE_CODE
                 initiator = SERVER
@@ -220,7 +227,7 @@ async def _instrument(
                 metrics.closed(close_code_label(close_code), initiator or SERVER).inc()
                 metrics.duration.observe(ended - accepted_at)
             except Exception as exc:
-                report_failure("recording the close", exc)
+                failed("close", exc)
         elif not decided:
             if error is not None:
                 outcome = ERROR
@@ -236,4 +243,7 @@ async def _instrument(
             try:
                 metrics.exception(type(error).__name__).inc()
             except Exception as exc:
-                report_failure("counting the exception", exc)
+                failed("exception", exc)
+
+        if metrics.owner.pending_errors:
+            metrics.owner.flush_errors()

@@ -20,6 +20,7 @@ FAMILIES = {
     "django_websocket_received_bytes": "counter",
     "django_websocket_sent_bytes": "counter",
     "django_websocket_exceptions": "counter",
+    "django_websocket_metric_errors": "counter",
 }
 
 

@@ -500,9 +500,9 @@ async def test_middleware_survives_failing_metric_updates(metrics, monkeypatch, 
     kinds = [record.args[0] for record in caplog.records]
     assert kinds.count("recording a received message") == 1
     assert kinds.count("recording a sent message") == 1
-    assert kinds.count("updating the active gauge") == 1
+    assert kinds.count("recording the accepted connection") == 1
     assert kinds.count("recording the handshake") == 1
-    assert kinds.count("recording the close") == 1
+    assert kinds.count("recording the end of the connection") == 1
 
 
 async def test_middleware_passes_through_when_setup_fails(metrics, monkeypatch, samples):
