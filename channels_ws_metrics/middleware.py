@@ -19,6 +19,7 @@ from .metrics import (
     RouteMetrics,
     WebSocketMetrics,
     get_metrics,
+    payload_size,
 )
 from .ratelimit import report_failure
 from .routing import RouteResolver
@@ -67,11 +68,13 @@ class WebSocketMetricsMiddleware:
         try:
             if metrics is None:
                 metrics = get_metrics()
-            if metrics.skips(scope.get("path")):
+            if metrics.skip_paths and metrics.skips(scope.get("path")):
                 return await self.app(scope, receive, send)
             route = self._resolve_route(scope)
-            extra_values = await metrics.extra_labels.values(scope) if metrics.extra_labels else ()
-            route_metrics = metrics.for_route(route, extra_values)
+            if metrics.extra_labels.names:
+                route_metrics = metrics.for_route(route, await metrics.extra_labels.values(scope))
+            else:
+                route_metrics = metrics.for_route(route)
         except Exception as exc:
             if metrics is None:
                 report_failure(OPERATIONS["setup"], exc)
@@ -81,169 +84,197 @@ class WebSocketMetricsMiddleware:
 
         scope = dict(scope)
         scope[SCOPE_KEY] = route
-        await _instrument(self.app, scope, receive, send, route_metrics, metrics.close_code_label)
+        close_code_label = metrics.close_code_label
+        app = self.app
 
+        # The rest of the connection lives in this one coroutine, with its
+        # state in local variables that the two wrappers share, because a
+        # helper coroutine would add a frame to every connection.
+        started = perf_counter()
+        accepted_at: float | None = None
+        gauge_raised = False
+        decided = False
+        client_left = False
+        close_code: Any = None
+        initiator: str | None = None
+        # The exception the server's send raised, if any. Servers raise OSError
+        # when the client is gone (uvicorn's ClientDisconnected is one), which is
+        # the client leaving, not a failure of the application.
+        send_error: OSError | None = None
 
-async def _instrument(
-    app: ASGIApp,
-    scope: Scope,
-    receive: Receive,
-    send: Send,
-    metrics: RouteMetrics,
-    close_code_label: CloseCodeLabels,
-) -> None:
-    started = perf_counter()
-    accepted_at: float | None = None
-    gauge_raised = False
-    decided = False
-    client_left = False
-    close_code: Any = None
-    initiator: str | None = None
+        # Bound once per connection so that the per-message path below only
+        # calls what it needs: no attribute or dictionary lookups.
+        count_received = route_metrics.count_received
+        count_received_bytes = route_metrics.count_received_bytes
+        observe_received_size = route_metrics.observe_received_size
+        count_sent = route_metrics.count_sent
+        count_sent_bytes = route_metrics.count_sent_bytes
+        observe_sent_size = route_metrics.observe_sent_size
+        measure_received = count_received is not None or observe_received_size is not None
+        measure_sent = count_sent is not None or observe_sent_size is not None
+        failed = route_metrics.owner.failed
 
-    # The exception the server's send raised, if any. Servers raise OSError
-    # when the client is gone (uvicorn's ClientDisconnected is one), which is
-    # the client leaving, not a failure of the application.
-    send_error: OSError | None = None
+        def decide(outcome: str, now: float) -> None:
+            nonlocal decided
+            decided = True
+            try:
+                route_metrics.count_handshake[outcome](1)
+                route_metrics.observe_handshake[outcome](now - started)
+            except Exception as exc:
+                failed("handshake", exc)
 
-    record_received = metrics.record_received
-    record_sent = metrics.record_sent
-    failed = metrics.owner.failed
-
-    def client_gone(exc: OSError) -> None:
-        nonlocal send_error, client_left, close_code, initiator
-        send_error = exc
-        client_left = True
-        if close_code is None:
-            close_code = ABNORMAL_CLOSURE_CODE
-            initiator = CLIENT
-
-    def record_handshake(outcome: str, now: float) -> None:
-        try:
-            metrics.handshakes[outcome].inc()
-            metrics.handshake_durations[outcome].observe(now - started)
-        except Exception as exc:
-            failed("handshake", exc)
-
-    async def receive_wrapper() -> Message:
-        nonlocal client_left, close_code, initiator
-        message = await receive()
-        message_type = message["type"]
-        if message_type == "websocket.receive":
-            if record_received is not None:
-                try:
-                    record_received(message)
-                except Exception as exc:
-                    failed("message_received", exc)
-        elif message_type == "websocket.disconnect":
+        def client_gone(exc: OSError) -> None:
+            nonlocal send_error, client_left, close_code, initiator
+            send_error = exc
             client_left = True
             if close_code is None:
-                code = message.get("code")
-                close_code = NO_STATUS_CODE if code is None else code
+                close_code = ABNORMAL_CLOSURE_CODE
                 initiator = CLIENT
-        return message
 
-    async def send_wrapper(message: Message) -> None:
-        nonlocal accepted_at, gauge_raised, decided, close_code, initiator
-        message_type = message["type"]
-        if message_type == "websocket.send":
+        async def receive_wrapper() -> Message:
+            nonlocal client_left, close_code, initiator
+            message = await receive()
+            message_type = message["type"]
+            if message_type == "websocket.receive":
+                if measure_received:
+                    try:
+                        # payload_size(), inlined: this runs for every message.
+                        text = message.get("text")
+                        if text is None:
+                            data = message.get("bytes")
+                            size = len(data) if data else 0
+                        elif text.isascii():
+                            size = len(text)
+                        else:
+                            size = len(text.encode("utf-8", "surrogatepass"))
+                        if count_received is not None:
+                            count_received(1)
+                            count_received_bytes(size)
+                        if observe_received_size is not None:
+                            observe_received_size(size)
+                    except Exception as exc:
+                        failed("message_received", exc)
+            elif message_type == "websocket.disconnect":
+                client_left = True
+                if close_code is None:
+                    code = message.get("code")
+                    close_code = NO_STATUS_CODE if code is None else code
+                    initiator = CLIENT
+            return message
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal accepted_at, gauge_raised, close_code, initiator
+            message_type = message["type"]
+            if message_type == "websocket.send":
+                try:
+                    await send(message)
+                except OSError as exc:
+                    client_gone(exc)
+                    raise
+                if measure_sent:
+                    try:
+                        # payload_size(), inlined: this runs for every message.
+                        text = message.get("text")
+                        if text is None:
+                            data = message.get("bytes")
+                            size = len(data) if data else 0
+                        elif text.isascii():
+                            size = len(text)
+                        else:
+                            size = len(text.encode("utf-8", "surrogatepass"))
+                        if count_sent is not None:
+                            count_sent(1)
+                            count_sent_bytes(size)
+                        if observe_sent_size is not None:
+                            observe_sent_size(size)
+                    except Exception as exc:
+                        failed("message_sent", exc)
+                return
+
+            if message_type == "websocket.accept":
+                # Counted only once the server took the accept: a send that
+                # raises leaves the connection not accepted.
+                try:
+                    await send(message)
+                except OSError as exc:
+                    client_gone(exc)
+                    raise
+                if not decided:
+                    accepted_at = perf_counter()
+                    # Separate attempts, so one failing update does not skip the other.
+                    try:
+                        route_metrics.add_active(1)
+                        gauge_raised = True
+                    except Exception as exc:
+                        failed("accept", exc)
+                    try:
+                        route_metrics.count_connection(1)
+                    except Exception as exc:
+                        failed("accept", exc)
+                    decide(ACCEPTED, accepted_at)
+                return
+
+            if message_type == "websocket.close":
+                # Recorded before sending: the application's decision stands
+                # even when the client is already gone and the send fails.
+                if close_code is None:
+                    code = message.get("code")
+                    close_code = DEFAULT_CLOSE_CODE if code is None else code
+                    initiator = SERVER
+                if not decided:
+                    decide(REJECTED, perf_counter())
+            elif message_type == "websocket.http.response.start":
+                if not decided:
+                    decide(REJECTED, perf_counter())
             try:
                 await send(message)
             except OSError as exc:
                 client_gone(exc)
                 raise
-            if record_sent is not None:
-                try:
-                    record_sent(message)
-                except Exception as exc:
-                    failed("message_sent", exc)
-            return
 
-        if message_type == "websocket.accept":
-            # Counted only once the server took the accept: a send that
-            # raises leaves the connection not accepted.
-            try:
-                await send(message)
-            except OSError as exc:
-                client_gone(exc)
-                raise
-            if accepted_at is None and not decided:
-                accepted_at = perf_counter()
-                decided = True
-                try:
-                    metrics.active.inc()
-                    gauge_raised = True
-                except Exception as exc:
-                    failed("accept", exc)
-                try:
-                    metrics.connections.inc()
-                except Exception as exc:
-                    failed("accept", exc)
-                record_handshake(ACCEPTED, accepted_at)
-            return
-
-        if message_type == "websocket.close":
-            # Recorded before sending: the application's decision stands
-            # even when the client is already gone and the send fails.
-            if close_code is None:
-                code = message.get("code")
-                close_code = DEFAULT_CLOSE_CODE if code is None else code
-                initiator = SERVER
-            if not decided:
-                decided = True
-                record_handshake(REJECTED, perf_counter())
-        elif message_type == "websocket.http.response.start":
-            if not decided:
-                decided = True
-                record_handshake(REJECTED, perf_counter())
+        error: Exception | None = None
+        cancelled = False
         try:
-            await send(message)
-        except OSError as exc:
-            client_gone(exc)
+            await app(scope, receive_wrapper, send_wrapper)
+        except asyncio.CancelledError:
+            cancelled = True
             raise
-
-    error: Exception | None = None
-    cancelled = False
-    try:
-        await app(scope, receive_wrapper, send_wrapper)
-    except asyncio.CancelledError:
-        cancelled = True
-        raise
-    except Exception as exc:
-        if exc is not send_error:
-            error = exc
-        raise
-    finally:
-        ended = perf_counter()
-        if accepted_at is not None:
-            if gauge_raised:
+        except Exception as exc:
+            if exc is not send_error:
+                error = exc
+            raise
+        finally:
+            ended = perf_counter()
+            if accepted_at is not None:
+                if gauge_raised:
+                    try:
+                        route_metrics.add_active(-1)
+                    except Exception as exc:
+                        failed("close", exc)
+                if close_code is None:
+                    close_code = INTERNAL_ERROR_CODE if error is not None else ABNORMAL_CLOSURE_CODE
+                    initiator = SERVER
                 try:
-                    metrics.active.dec()
+                    route_metrics.count_closed(close_code_label(close_code), initiator or SERVER)
+                    route_metrics.observe_duration(ended - accepted_at)
                 except Exception as exc:
                     failed("close", exc)
-            if close_code is None:
-                close_code = INTERNAL_ERROR_CODE if error is not None else ABNORMAL_CLOSURE_CODE
-                initiator = SERVER
-            try:
-                metrics.closed(close_code_label(close_code), initiator or SERVER).inc()
-                metrics.duration.observe(ended - accepted_at)
-            except Exception as exc:
-                failed("close", exc)
-        elif not decided:
+            elif not decided:
+                if error is not None:
+                    outcome = ERROR
+                elif client_left or cancelled:
+                    outcome = ABANDONED
+                else:
+                    # The application returned without accepting or closing, so
+                    # the server fails the handshake (uvicorn answers 500).
+                    outcome = ERROR
+                decide(outcome, ended)
+
             if error is not None:
-                outcome = ERROR
-            elif client_left or cancelled:
-                outcome = ABANDONED
-            else:
-                # The application returned without accepting or closing, so
-                # the server fails the handshake (uvicorn answers 500).
-                outcome = ERROR
-            record_handshake(outcome, ended)
+                try:
+                    route_metrics.count_exception(type(error).__name__)
+                except Exception as exc:
+                    failed("exception", exc)
 
-        if error is not None:
-            try:
-                metrics.exception(type(error).__name__).inc()
-            except Exception as exc:
-                failed("exception", exc)
-
-        if metrics.owner.pending_errors:
-            metrics.owner.flush_errors()
+            if route_metrics.owner.pending_errors:
+                route_metrics.owner.flush_errors()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from channels.routing import URLRouter
+from django.urls import converters as django_converters
+from django.urls.resolvers import RegexPattern, RoutePattern
 
 #: Label of a connection whose path no route matches.
 UNMATCHED = "<unmatched>"
@@ -24,6 +26,16 @@ _WRAPPED_APP_ATTRIBUTES = ("inner", "application", "app")
 
 # A bound on the walk, against wrappers whose attributes form a long chain.
 _MAX_WRAPPER_DEPTH = 64
+
+# Converters whose to_python() accepts every string their regex matches, so
+# a regex match alone decides whether the route matches.
+_TOTAL_CONVERTERS = (
+    django_converters.IntConverter,
+    django_converters.StringConverter,
+    django_converters.UUIDConverter,
+    django_converters.SlugConverter,
+    django_converters.PathConverter,
+)
 
 
 def find_url_router(application: Any) -> URLRouter | None:
@@ -46,6 +58,63 @@ def find_url_router(application: Any) -> URLRouter | None:
     return None
 
 
+class _Route:
+    """One route of a router, with its label and the router it leads to, if any."""
+
+    __slots__ = ("pattern", "search", "label", "nested")
+
+    def __init__(self, pattern: Any, nested: list[_Route] | None) -> None:
+        self.pattern = pattern
+        self.search = _regex_search(pattern)
+        self.label = str(pattern)
+        self.nested = nested
+
+    def match(self, path: str) -> str | None:
+        """Return the rest of ``path`` after this route's pattern, or None."""
+        search = self.search
+        if search is None:
+            match = self.pattern.match(path)
+            return match[0] if match else None
+        found = search(path)
+        return path[found.end() :] if found else None
+
+
+def _regex_search(pattern: Any) -> Any:
+    """Return the regex method that decides ``pattern.match()``, when one does.
+
+    ``pattern.match()`` also builds the view's arguments, which labelling does
+    not need. Patterns whose outcome depends on more than the regex (custom
+    converters, translated routes) return None and go through
+    ``pattern.match()``.
+    """
+    if isinstance(pattern, RoutePattern):
+        if not isinstance(pattern._route, str):
+            return None
+        # Exact types: a subclass may reject more in to_python().
+        if not all(type(converter) in _TOTAL_CONVERTERS for converter in pattern.converters.values()):
+            return None
+        return pattern.regex.search
+    if isinstance(pattern, RegexPattern) and isinstance(pattern._regex, str):
+        regex = pattern.regex
+        if pattern._is_endpoint and regex.pattern.endswith("$"):
+            return regex.fullmatch
+        return regex.search
+    return None
+
+
+def _routes_of(router: URLRouter, depth: int = 0) -> list[_Route]:
+    # Walked once, when the middleware is built, so connections pay only for
+    # the pattern matches.
+    routes = []
+    for route in router.routes:
+        nested_router = find_url_router(route.callback)
+        nested = None
+        if nested_router is not None and depth < _MAX_WRAPPER_DEPTH:
+            nested = _routes_of(nested_router, depth + 1)
+        routes.append(_Route(route.pattern, nested))
+    return routes
+
+
 class RouteResolver:
     """Find the route pattern that a ``URLRouter`` would dispatch a scope to.
 
@@ -53,21 +122,23 @@ class RouteResolver:
     ``root_path``, leading slashes are removed, routes are tried in order,
     and a nested router that matches nothing lets the search go on with the
     next route. Nested patterns are concatenated, as Django does for
-    ``include()``.
+    ``include()``. The routers are read when the resolver is built, so
+    routes added to a router afterwards are not seen.
     """
 
-    __slots__ = ("_router",)
+    __slots__ = ("_routes",)
 
     def __init__(self, application: Any) -> None:
-        self._router = find_url_router(application)
+        router = find_url_router(application)
+        self._routes = None if router is None else _routes_of(router)
 
     @property
     def has_router(self) -> bool:
-        return self._router is not None
+        return self._routes is not None
 
     def __call__(self, scope: dict[str, Any]) -> str:
-        router = self._router
-        if router is None:
+        routes = self._routes
+        if routes is None:
             return UNROUTED
 
         path = scope.get("path_remaining")
@@ -75,7 +146,7 @@ class RouteResolver:
             path = scope.get("path")
             if not isinstance(path, str):
                 return UNMATCHED
-            root_path = scope.get("root_path") or ""
+            root_path = scope.get("root_path")
             if root_path:
                 if not path.startswith(root_path):
                     return UNMATCHED
@@ -83,23 +154,18 @@ class RouteResolver:
         elif not isinstance(path, str):
             return UNMATCHED
 
-        label = _match(router, path.lstrip("/"), 0)
+        label = _match(routes, path.lstrip("/"))
         return UNMATCHED if label is None else label
 
 
-def _match(router: URLRouter, path: str, depth: int) -> str | None:
-    if depth >= _MAX_WRAPPER_DEPTH:
-        return None
-    for route in router.routes:
-        match = route.pattern.match(path)
-        if not match:
+def _match(routes: list[_Route], path: str) -> str | None:
+    for route in routes:
+        remaining = route.match(path)
+        if remaining is None:
             continue
-        pattern = str(route.pattern)
-        nested = find_url_router(route.callback)
-        if nested is None:
-            return pattern
-        remaining = match[0]
-        nested_label = _match(nested, remaining.lstrip("/"), depth + 1)
+        if route.nested is None:
+            return route.label
+        nested_label = _match(route.nested, remaining.lstrip("/"))
         if nested_label is not None:
-            return pattern + nested_label
+            return route.label + nested_label
     return None

@@ -480,11 +480,11 @@ class BrokenFamily:
 
 async def test_middleware_survives_failing_metric_updates(metrics, monkeypatch, caplog):
     route_metrics = metrics.for_route("ws/echo/")
-    for name in ("active", "connections", "duration"):
-        monkeypatch.setattr(route_metrics, name, Broken())
-    for name in ("record_received", "record_sent"):
-        monkeypatch.setattr(route_metrics, name, Broken().observe)
-    monkeypatch.setattr(route_metrics, "handshakes", {key: Broken() for key in route_metrics.handshakes})
+    broken = Broken()
+    for name in ("add_active", "count_connection", "count_received", "count_sent"):
+        monkeypatch.setattr(route_metrics, name, broken.inc)
+    monkeypatch.setattr(route_metrics, "observe_duration", broken.observe)
+    monkeypatch.setattr(route_metrics, "count_handshake", {key: broken.inc for key in route_metrics.count_handshake})
     monkeypatch.setattr(route_metrics, "_closed_family", BrokenFamily())
     monkeypatch.setattr(report_failure, "_last_logged", {})
 

@@ -39,14 +39,24 @@ async def echo_once(application, path="/ws/echo/", headers=None, close_code=1000
     await communicator.disconnect(code=close_code)
 
 
-def break_every_update(monkeypatch):
-    """Make every prometheus_client value update raise, as a failing storage would."""
+class StorageSwitch:
+    """Make prometheus_client value updates raise while ``broken`` is set.
 
-    def fail(self, *args, **kwargs):
-        raise OSError("metric storage failed")
+    The middleware binds the value objects' inc() once per route, so the
+    patch must be in place before the first connection and stay there.
+    """
 
-    for method in ("inc", "set"):
-        monkeypatch.setattr(values.MutexValue, method, fail)
+    def __init__(self, monkeypatch):
+        self.broken = False
+        original = values.MutexValue.inc
+        switch = self
+
+        def inc(self, amount):
+            if switch.broken:
+                raise OSError("metric storage failed")
+            original(self, amount)
+
+        monkeypatch.setattr(values.MutexValue, "inc", inc)
 
 
 # -- fail open ----------------------------------------------------------------
@@ -54,7 +64,10 @@ def break_every_update(monkeypatch):
 
 async def test_metric_errors_count_failed_updates(metrics, samples, monkeypatch):
     route_metrics = metrics.for_route("ws/echo/")
-    monkeypatch.setattr(route_metrics, "record_received", None.__class__)  # raises TypeError when called
+    def fail(amount=1):
+        raise TypeError("broken child")
+
+    monkeypatch.setattr(route_metrics, "count_received", fail)
 
     await echo_once(WebSocketMetricsMiddleware(router(), metrics=metrics))
     await echo_once(WebSocketMetricsMiddleware(router(), metrics=metrics))
@@ -64,13 +77,14 @@ async def test_metric_errors_count_failed_updates(metrics, samples, monkeypatch)
 
 
 async def test_metric_errors_wait_in_memory_while_storage_fails(registry, samples, monkeypatch, caplog):
+    storage = StorageSwitch(monkeypatch)
     metrics = WebSocketMetrics(registry)
     application = WebSocketMetricsMiddleware(router(), metrics=metrics)
 
-    with monkeypatch.context() as patch:
-        break_every_update(patch)
-        with caplog.at_level(logging.ERROR, logger="channels_ws_metrics"):
-            await echo_once(application)
+    storage.broken = True
+    with caplog.at_level(logging.ERROR, logger="channels_ws_metrics"):
+        await echo_once(application)
+    storage.broken = False
 
     # Handshake, accept (gauge and counter), one message each way, and the
     # closed counter. The gauge is not decremented because its increment
@@ -101,13 +115,13 @@ async def test_metric_errors_wait_in_memory_while_storage_fails(registry, sample
 
 
 async def test_metric_errors_log_at_most_once_per_interval(metrics, monkeypatch, caplog):
+    storage = StorageSwitch(monkeypatch)
     application = WebSocketMetricsMiddleware(router(), metrics=metrics)
 
-    with monkeypatch.context() as patch:
-        break_every_update(patch)
-        with caplog.at_level(logging.ERROR, logger="channels_ws_metrics"):
-            for _ in range(5):
-                await echo_once(application)
+    storage.broken = True
+    with caplog.at_level(logging.ERROR, logger="channels_ws_metrics"):
+        for _ in range(5):
+            await echo_once(application)
 
     assert len(caplog.records) == 5
     assert metrics.pending_errors["message_received"] == 5

@@ -2,7 +2,7 @@ import pytest
 from channels.auth import AuthMiddlewareStack
 from channels.routing import URLRouter
 from channels.security.websocket import AllowedHostsOriginValidator
-from django.urls import path, re_path
+from django.urls import path, re_path, register_converter
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
 from channels_ws_metrics.routing import UNMATCHED, UNROUTED, RouteResolver, find_url_router
@@ -94,3 +94,89 @@ def test_find_url_router_follows_wrapper_attribute(attribute):
     setattr(wrapper, attribute, inner)
 
     assert find_url_router(wrapper) is inner
+
+
+class EvenConverter:
+    regex = "[0-9]+"
+
+    def to_python(self, value):
+        if int(value) % 2:
+            raise ValueError("odd")
+        return int(value)
+
+    def to_url(self, value):
+        return str(value)
+
+
+register_converter(EvenConverter, "even")
+
+
+def test_route_resolver_applies_custom_converter():
+    application = URLRouter(
+        [
+            path("ws/item/<even:id>/", consumer),
+            path("ws/item/<int:id>/", consumer),
+        ]
+    )
+
+    assert resolve(application, "/ws/item/4/") == "ws/item/<even:id>/"
+    assert resolve(application, "/ws/item/5/") == "ws/item/<int:id>/"
+
+
+class Recorder:
+    """An endpoint that stores the label of the route that reached it."""
+
+    def __init__(self, label):
+        self.label = label
+
+    async def __call__(self, scope, receive, send):
+        scope["reached"].append(self.label)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "path_",
+    [
+        "/ws/a/",
+        "/ws/a",
+        "ws/a/",
+        "//ws/a/",
+        "/ws/b/12/",
+        "/ws/b/x/",
+        "/ws/c/anything/at/all/",
+        "/ws/d/v1/3/",
+        "/ws/d/v2/",
+        "/ws/d/v1/odd/",
+        "/ws/e/7/",
+        "/ws/e/8/",
+        "/ws/f/ab-c/",
+        "/ws/f/ab c/",
+        "/ws/g/12345678-1234-5678-1234-567812345678/",
+        "/ws/nowhere/",
+    ],
+)
+async def test_route_resolver_agrees_with_url_router(path_):
+    routes = [
+        ("ws/a/", path),
+        ("ws/b/<int:n>/", path),
+        ("ws/c/<path:rest>", path),
+        (r"^ws/e/(?P<n>[0-9]*[02468])/$", re_path),
+        ("ws/f/<slug:s>/", path),
+        ("ws/g/<uuid:u>/", path),
+    ]
+    patterns = [make(route, Recorder(route)) for route, make in routes]
+    nested = URLRouter([path("v1/<even:n>/", Recorder("v1/<even:n>/")), re_path(r"^v2/$", Recorder("^v2/$"))])
+    patterns.insert(3, path("ws/d/", nested))
+    patterns.append(re_path(r"^ws/d/(?P<rest>.*)$", Recorder(r"^ws/d/(?P<rest>.*)$")))
+    application = URLRouter(patterns)
+
+    reached = []
+    try:
+        await application({"type": "websocket", "path": path_, "reached": reached}, None, None)
+    except ValueError:
+        pass
+    expected = reached[0] if reached else UNMATCHED
+    if expected != UNMATCHED and expected in ("v1/<even:n>/", "^v2/$"):
+        expected = "ws/d/" + expected
+
+    assert resolve(application, path_) == expected
