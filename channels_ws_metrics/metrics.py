@@ -43,19 +43,6 @@ OPERATIONS = {
 Message = dict[str, Any]
 
 
-def payload_size(message: Message) -> int:
-    """Return the payload length of a ``websocket.receive`` or ``websocket.send`` message."""
-    text = message.get("text")
-    if text is None:
-        data = message.get("bytes")
-        return len(data) if data else 0
-    # str.isascii() reads a flag of the string object in CPython, so the
-    # common ASCII case costs no encoding.
-    if text.isascii():
-        return len(text)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
 def _bound_method(child: Any, name: str) -> Callable[..., None] | None:
     return None if child is None else getattr(child, name)
 
