@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core.checks import CheckMessage, Tags, Warning, register
+from django.urls import URLPattern, URLResolver, get_resolver
+from django_prometheus.exports import ExportToDjangoView
 
 from . import conf
+from .views import metrics
 
 W_NO_DJANGO_PROMETHEUS = "channels_ws_metrics.W001"
 W_MULTIPROC_DIR_UNUSABLE = "channels_ws_metrics.W002"
+W_EXPORT_MISSING = "channels_ws_metrics.W003"
+W_UNGUARDED_EXPORT_ROUTED = "channels_ws_metrics.W004"
 
 
 @register(Tags.compatibility)
@@ -60,3 +67,50 @@ def check_multiprocess_directory(app_configs: Any = None, **kwargs: Any) -> list
             id=W_MULTIPROC_DIR_UNUSABLE,
         )
     ]
+
+
+@register(Tags.security, Tags.urls)
+def check_export_routing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    # Django's own URL checks report a missing or broken URLconf.
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    routes = list(_routed_views(get_resolver().url_patterns))
+    guarded = [route for route, view in routes if view is metrics]
+    unguarded = [route for route, view in routes if view is ExportToDjangoView]
+    raw, _ = conf.read_raw()
+    has_export = isinstance(raw, Mapping) and "EXPORT" in raw
+
+    warnings: list[CheckMessage] = []
+    if guarded and not has_export and isinstance(raw, Mapping):
+        warnings.append(
+            Warning(
+                f"channels_ws_metrics.views.metrics is routed at {guarded[0]!r}, but "
+                f"{conf.SETTING_NAME}['EXPORT'] is not set, so the view rejects every request with 403.",
+                hint=f"Set {conf.SETTING_NAME}['EXPORT'], for example "
+                "{'ALLOWED_NETWORKS': ['127.0.0.0/8', '::1/128']}.",
+                id=W_EXPORT_MISSING,
+            )
+        )
+    if unguarded and (guarded or has_export):
+        warnings.append(
+            Warning(
+                f"django_prometheus's ExportToDjangoView is routed at {unguarded[0]!r}, so the "
+                f"metrics can be read there without the {conf.SETTING_NAME}['EXPORT'] rules.",
+                hint="Replace path('', include('django_prometheus.urls')) with "
+                "path('metrics', channels_ws_metrics.views.metrics) in your URLconf.",
+                id=W_UNGUARDED_EXPORT_ROUTED,
+            )
+        )
+    return warnings
+
+
+def _routed_views(
+    patterns: list[URLPattern | URLResolver], prefix: str = ""
+) -> Iterator[tuple[str, Callable[..., Any]]]:
+    """Yield (route, view) for every view in ``patterns`` and the URLconfs they include."""
+    for entry in patterns:
+        route = prefix + str(entry.pattern)
+        if isinstance(entry, URLResolver):
+            yield from _routed_views(entry.url_patterns, route)
+        else:
+            yield route, entry.callback

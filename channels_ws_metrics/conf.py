@@ -8,6 +8,7 @@ pytest-django's ``settings`` fixture take effect.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import re
 import threading
@@ -20,6 +21,8 @@ from django.core.checks import CheckMessage, Error
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
+
+from .export import ExportRules
 
 SETTING_NAME = "CHANNELS_WS_METRICS"
 
@@ -57,8 +60,31 @@ E_LABEL_NOT_CALLABLE = "channels_ws_metrics.E009"
 E_LABEL_NAME_INVALID = "channels_ws_metrics.E010"
 E_LABEL_NAME_RESERVED = "channels_ws_metrics.E011"
 E_MAX_LABEL_VALUES = "channels_ws_metrics.E012"
+E_EXPORT_PLAINTEXT_SECRET = "channels_ws_metrics.E013"
+E_EXPORT_INVALID_NETWORK = "channels_ws_metrics.E014"
+E_EXPORT_INVALID_ENV_NAME = "channels_ws_metrics.E015"
+E_EXPORT_BASIC_AUTH_INCOMPLETE = "channels_ws_metrics.E016"
+E_EXPORT_NO_RULE = "channels_ws_metrics.E017"
 
 _NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+#: Keys of ``EXPORT``. Secrets are never values here, only the names of the
+#: environment variables that hold them.
+EXPORT_KEYS = (
+    "ALLOWED_NETWORKS",
+    "TRUSTED_PROXIES",
+    "BEARER_TOKEN_ENV",
+    "BASIC_AUTH_USERNAME",
+    "BASIC_AUTH_PASSWORD_ENV",
+)
+
+#: Keys that would put a secret in plain text in ``EXPORT``, and the key to use instead.
+EXPORT_PLAINTEXT_SECRET_KEYS = {
+    "BEARER_TOKEN": "BEARER_TOKEN_ENV",
+    "TOKEN": "BEARER_TOKEN_ENV",
+    "PASSWORD": "BASIC_AUTH_PASSWORD_ENV",
+    "BASIC_AUTH_PASSWORD": "BASIC_AUTH_PASSWORD_ENV",
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,8 @@ class WebSocketMetricsSettings:
     max_label_values: int = DEFAULT_MAX_LABEL_VALUES
     #: For error messages: where each callable in ``extra_labels`` came from.
     extra_label_paths: Mapping[str, str] = field(default_factory=dict)
+    #: Rules of the guarded ``views.metrics``, or ``None`` when ``EXPORT`` is absent.
+    export: ExportRules | None = None
 
 
 def _key(key: str) -> str:
@@ -292,6 +320,176 @@ def _validate_max_label_values(value: Any) -> list[CheckMessage]:
     return []
 
 
+_ENV_EXAMPLES = {"BEARER_TOKEN_ENV": "METRICS_TOKEN", "BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD"}
+
+
+def _export_key(key: str) -> str:
+    return f"{_key('EXPORT')}[{key!r}]"
+
+
+def _validate_export(value: Any) -> list[CheckMessage]:
+    if not isinstance(value, Mapping):
+        return [
+            _type_error(
+                "EXPORT",
+                "a dict of export rules",
+                value,
+                "For example {'ALLOWED_NETWORKS': ['127.0.0.0/8', '::1/128']}, or remove "
+                "EXPORT if channels_ws_metrics.views.metrics is not routed.",
+            )
+        ]
+
+    errors: list[CheckMessage] = []
+    # An unknown or plain-text key may be the rule the user meant to set, so
+    # "no rule" would then be a misleading second error.
+    misplaced_rule = False
+    for key, rule in value.items():
+        replacement = EXPORT_PLAINTEXT_SECRET_KEYS.get(key.upper()) if isinstance(key, str) else None
+        if replacement is not None:
+            misplaced_rule = True
+            errors.append(_plaintext_secret_error(key, replacement))
+        elif key not in EXPORT_KEYS:
+            misplaced_rule = True
+            errors.append(_unknown_export_key_error(key))
+        elif key in ("ALLOWED_NETWORKS", "TRUSTED_PROXIES"):
+            errors += _validate_networks(key, rule)
+        elif key == "BASIC_AUTH_USERNAME":
+            errors += _validate_basic_auth_username(rule)
+        else:
+            errors += _validate_env_name(key, rule)
+
+    errors += _validate_basic_auth_pair(value)
+    # A lone BASIC_AUTH_PASSWORD_ENV counts, because the pair check above already reports it.
+    rule_keys = ("ALLOWED_NETWORKS", "BEARER_TOKEN_ENV", "BASIC_AUTH_USERNAME", "BASIC_AUTH_PASSWORD_ENV")
+    has_rule = any(key in value for key in rule_keys)
+    if not has_rule and not misplaced_rule:
+        errors.append(
+            Error(
+                f"{_key('EXPORT')} sets no rule, got {dict(value)!r}. The guarded view "
+                "would admit no request.",
+                hint="Set ALLOWED_NETWORKS, BEARER_TOKEN_ENV, or BASIC_AUTH_USERNAME with "
+                "BASIC_AUTH_PASSWORD_ENV. Remove EXPORT if the guarded view is not routed.",
+                id=E_EXPORT_NO_RULE,
+            )
+        )
+    return errors
+
+
+def _plaintext_secret_error(key: str, replacement: str) -> CheckMessage:
+    # The value is the secret itself, so it stays out of the message, which
+    # ends up in terminals and CI logs.
+    return Error(
+        f"{_key('EXPORT')} has the key {key!r}, which would keep a secret in plain text "
+        "in the settings (value not shown).",
+        hint=f"Remove it, put the secret in an environment variable and set "
+        f"{_export_key(replacement)} to that variable's name, for example {_ENV_EXAMPLES[replacement]!r}.",
+        id=E_EXPORT_PLAINTEXT_SECRET,
+    )
+
+
+def _unknown_export_key_error(key: Any) -> CheckMessage:
+    close = difflib.get_close_matches(key, EXPORT_KEYS, n=1) if isinstance(key, str) else []
+    if close:
+        hint = f"Did you mean {close[0]!r}?"
+    else:
+        hint = "Valid keys are: " + ", ".join(EXPORT_KEYS) + "."
+    return Error(f"{_key('EXPORT')} has an unknown key {key!r}.", hint=hint, id=E_UNKNOWN_KEY)
+
+
+def _validate_networks(key: str, value: Any) -> list[CheckMessage]:
+    where = _export_key(key)
+    # An empty ALLOWED_NETWORKS would reject every request, but TRUSTED_PROXIES may be empty.
+    must_fill = key == "ALLOWED_NETWORKS"
+    strings = _is_sequence(value) and all(isinstance(network, str) for network in value)
+    if not strings or (must_fill and not value):
+        expected = "a non-empty list or tuple of strings" if must_fill else "a list or tuple of strings"
+        return [
+            Error(
+                f"{where} must be {expected}, got {type(value).__name__} {value!r}.",
+                hint="List networks in CIDR notation, for example ['127.0.0.0/8', '::1/128'].",
+                id=E_WRONG_TYPE,
+            )
+        ]
+    errors: list[CheckMessage] = []
+    for network in value:
+        try:
+            ipaddress.ip_network(network, strict=True)
+        except ValueError as exc:
+            errors.append(
+                Error(
+                    f"{where} contains {network!r}, which is not a valid IP network: {exc}.",
+                    hint="Write an IPv4 or IPv6 network in CIDR notation with the host bits "
+                    "set to zero, such as '10.0.0.0/8' or 'fd00::/8'. A single address "
+                    "such as '192.0.2.7' means that address alone.",
+                    id=E_EXPORT_INVALID_NETWORK,
+                )
+            )
+    return errors
+
+
+def _validate_env_name(key: str, value: Any) -> list[CheckMessage]:
+    # The value is not shown: a secret pasted here in place of a variable
+    # name would otherwise be printed.
+    where = _export_key(key)
+    example = _ENV_EXAMPLES[key]
+    if not isinstance(value, str):
+        return [
+            Error(
+                f"{where} must be the name of an environment variable (str), got {type(value).__name__} "
+                "(value not shown).",
+                hint=f"Set it to the name of the variable that holds the secret, for example {example!r}.",
+                id=E_WRONG_TYPE,
+            )
+        ]
+    if not _NAME_RE.fullmatch(value):
+        return [
+            Error(
+                f"{where} is not a valid environment variable name (value not shown).",
+                hint="Use letters, digits and underscores, not starting with a digit, for "
+                f"example {example!r}. Put the secret itself in that variable, not in the settings.",
+                id=E_EXPORT_INVALID_ENV_NAME,
+            )
+        ]
+    return []
+
+
+def _validate_basic_auth_username(value: Any) -> list[CheckMessage]:
+    if isinstance(value, str) and value and ":" not in value:
+        return []
+    return [
+        Error(
+            f"{_export_key('BASIC_AUTH_USERNAME')} must be a non-empty string without ':', "
+            f"got {type(value).__name__} {value!r}.",
+            hint="Basic authentication separates the username from the password with ':', "
+            "so the username cannot contain one. For example 'prometheus'.",
+            id=E_WRONG_TYPE,
+        )
+    ]
+
+
+def _validate_basic_auth_pair(value: Mapping[Any, Any]) -> list[CheckMessage]:
+    if "BASIC_AUTH_USERNAME" in value and "BASIC_AUTH_PASSWORD_ENV" not in value:
+        return [
+            Error(
+                f"{_export_key('BASIC_AUTH_USERNAME')} = {value['BASIC_AUTH_USERNAME']!r} is set "
+                "without BASIC_AUTH_PASSWORD_ENV.",
+                hint=f"Set {_export_key('BASIC_AUTH_PASSWORD_ENV')} to the name of the environment "
+                "variable that holds the password, or remove BASIC_AUTH_USERNAME.",
+                id=E_EXPORT_BASIC_AUTH_INCOMPLETE,
+            )
+        ]
+    if "BASIC_AUTH_PASSWORD_ENV" in value and "BASIC_AUTH_USERNAME" not in value:
+        return [
+            Error(
+                f"{_export_key('BASIC_AUTH_PASSWORD_ENV')} is set without BASIC_AUTH_USERNAME.",
+                hint=f"Set {_export_key('BASIC_AUTH_USERNAME')} to the username the scraper "
+                "sends, for example 'prometheus', or remove BASIC_AUTH_PASSWORD_ENV.",
+                id=E_EXPORT_BASIC_AUTH_INCOMPLETE,
+            )
+        ]
+    return []
+
+
 _VALIDATORS: dict[str, Callable[[Any], list[CheckMessage]]] = {
     "NAMESPACE": lambda value: _validate_namespace(_key("NAMESPACE"), value),
     "CONNECTION_DURATION_BUCKETS": lambda value: _validate_buckets(
@@ -309,6 +507,7 @@ _VALIDATORS: dict[str, Callable[[Any], list[CheckMessage]]] = {
     "SKIP_PATHS": _validate_skip_paths,
     "EXTRA_LABELS": _validate_extra_labels,
     "MAX_LABEL_VALUES": _validate_max_label_values,
+    "EXPORT": _validate_export,
 }
 
 KNOWN_KEYS = tuple(_VALIDATORS)
@@ -367,6 +566,7 @@ def build(raw: Mapping[str, Any], default_namespace: str = "") -> WebSocketMetri
         extra_labels=tuple((name, import_string(path)) for name, path in extra_label_paths.items()),
         max_label_values=raw.get("MAX_LABEL_VALUES", defaults.max_label_values),
         extra_label_paths=extra_label_paths,
+        export=ExportRules.from_setting(raw["EXPORT"]) if "EXPORT" in raw else None,
     )
 
 

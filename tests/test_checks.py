@@ -8,6 +8,11 @@ from channels_ws_metrics import WebSocketMetricsMiddleware, checks, conf
 from channels_ws_metrics.conf import (
     E_BUCKETS_VALUES,
     E_CLOSE_CODE_RANGE,
+    E_EXPORT_BASIC_AUTH_INCOMPLETE,
+    E_EXPORT_INVALID_ENV_NAME,
+    E_EXPORT_INVALID_NETWORK,
+    E_EXPORT_NO_RULE,
+    E_EXPORT_PLAINTEXT_SECRET,
     E_INVALID_NAMESPACE,
     E_LABEL_IMPORT,
     E_LABEL_NAME_INVALID,
@@ -38,6 +43,11 @@ ERROR_CASES = {
     E_LABEL_NAME_INVALID: {"EXTRA_LABELS": {"ten-ant": TENANT}},
     E_LABEL_NAME_RESERVED: {"EXTRA_LABELS": {"route": TENANT}},
     E_MAX_LABEL_VALUES: {"MAX_LABEL_VALUES": 0},
+    E_EXPORT_PLAINTEXT_SECRET: {"EXPORT": {"BEARER_TOKEN_ENV": "METRICS_TOKEN", "BEARER_TOKEN": "s3cret"}},
+    E_EXPORT_INVALID_NETWORK: {"EXPORT": {"ALLOWED_NETWORKS": ["10.0.0.0/33"]}},
+    E_EXPORT_INVALID_ENV_NAME: {"EXPORT": {"BEARER_TOKEN_ENV": "not a name"}},
+    E_EXPORT_BASIC_AUTH_INCOMPLETE: {"EXPORT": {"BASIC_AUTH_USERNAME": "prometheus"}},
+    E_EXPORT_NO_RULE: {"EXPORT": {}},
 }
 
 
@@ -78,6 +88,13 @@ def test_check_every_key_has_a_valid_example():
         "SKIP_PATHS": [r"/ws/health/"],
         "EXTRA_LABELS": {"tenant": TENANT},
         "MAX_LABEL_VALUES": 1,
+        "EXPORT": {
+            "ALLOWED_NETWORKS": ["127.0.0.0/8", "::1/128", "192.0.2.7"],
+            "TRUSTED_PROXIES": ("10.0.0.0/8", "fd00::/8"),
+            "BEARER_TOKEN_ENV": "METRICS_TOKEN",
+            "BASIC_AUTH_USERNAME": "prometheus",
+            "BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD",
+        },
     }
 
     assert set(valid) == set(conf.KNOWN_KEYS)
@@ -223,6 +240,208 @@ def test_check_max_label_values_below_one(value):
 @pytest.mark.parametrize("value", ["50", 1.5, True])
 def test_check_max_label_values_wrong_type(value):
     assert ids_for({"MAX_LABEL_VALUES": value}) == [E_WRONG_TYPE]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"ALLOWED_NETWORKS": ["127.0.0.0/8"]},
+        {"BEARER_TOKEN_ENV": "METRICS_TOKEN"},
+        {"BASIC_AUTH_USERNAME": "prometheus", "BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD"},
+    ],
+)
+def test_check_export_single_rule_passes(rules):
+    assert ids_for({"EXPORT": rules}) == []
+
+
+@pytest.mark.parametrize("value", [None, ["127.0.0.0/8"], "127.0.0.0/8"])
+def test_check_export_wrong_type(value):
+    (error,) = errors_for({"EXPORT": value})
+
+    assert error.id == E_WRONG_TYPE
+    assert error.msg == f"CHANNELS_WS_METRICS['EXPORT'] must be a dict of export rules, got {type(value).__name__} {value!r}."
+
+
+@pytest.mark.parametrize("key", ["BEARER_TOKEN", "TOKEN", "PASSWORD", "BASIC_AUTH_PASSWORD", "password"])
+def test_check_export_plaintext_secret_hides_value(key):
+    (error,) = errors_for({"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"], key: "hunter2-secret"}})
+
+    assert error.id == E_EXPORT_PLAINTEXT_SECRET
+    assert f"CHANNELS_WS_METRICS['EXPORT'] has the key {key!r}" in error.msg
+    assert "hunter2-secret" not in error.msg
+    assert "hunter2-secret" not in error.hint
+    assert "_ENV']" in error.hint
+
+
+def test_check_export_plaintext_token_hint_names_env_key():
+    (error,) = errors_for({"EXPORT": {"BEARER_TOKEN": "x"}})
+
+    assert "CHANNELS_WS_METRICS['EXPORT']['BEARER_TOKEN_ENV']" in error.hint
+
+
+def test_check_export_plaintext_password_hint_names_env_key():
+    (error,) = errors_for({"EXPORT": {"BASIC_AUTH_PASSWORD": "x"}})
+
+    assert error.id == E_EXPORT_PLAINTEXT_SECRET
+    assert "CHANNELS_WS_METRICS['EXPORT']['BASIC_AUTH_PASSWORD_ENV']" in error.hint
+
+
+def test_check_export_plaintext_password_also_reports_incomplete_pair():
+    assert ids_for({"EXPORT": {"BASIC_AUTH_USERNAME": "prometheus", "PASSWORD": "x"}}) == [
+        E_EXPORT_PLAINTEXT_SECRET,
+        E_EXPORT_BASIC_AUTH_INCOMPLETE,
+    ]
+
+
+def test_check_export_unknown_key_suggests_closest():
+    (error,) = errors_for({"EXPORT": {"ALOWED_NETWORKS": ["127.0.0.0/8"]}})
+
+    assert error.id == E_UNKNOWN_KEY
+    assert error.msg == "CHANNELS_WS_METRICS['EXPORT'] has an unknown key 'ALOWED_NETWORKS'."
+    assert error.hint == "Did you mean 'ALLOWED_NETWORKS'?"
+
+
+def test_check_export_unknown_key_lists_keys():
+    (error,) = errors_for({"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"], "ZZZ": 1}})
+
+    assert error.hint == (
+        "Valid keys are: ALLOWED_NETWORKS, TRUSTED_PROXIES, BEARER_TOKEN_ENV, "
+        "BASIC_AUTH_USERNAME, BASIC_AUTH_PASSWORD_ENV."
+    )
+
+
+@pytest.mark.parametrize("key", ["ALLOWED_NETWORKS", "TRUSTED_PROXIES"])
+@pytest.mark.parametrize("value", ["127.0.0.0/8", [1], None, {"127.0.0.0/8": True}])
+def test_check_export_networks_wrong_type(key, value):
+    rules = {"BEARER_TOKEN_ENV": "METRICS_TOKEN", key: value}
+
+    assert ids_for({"EXPORT": rules}) == [E_WRONG_TYPE]
+
+
+def test_check_export_allowed_networks_empty():
+    (error,) = errors_for({"EXPORT": {"ALLOWED_NETWORKS": []}})
+
+    assert error.id == E_WRONG_TYPE
+    assert error.msg == (
+        "CHANNELS_WS_METRICS['EXPORT']['ALLOWED_NETWORKS'] must be a non-empty list or tuple "
+        "of strings, got list []."
+    )
+
+
+def test_check_export_trusted_proxies_may_be_empty():
+    assert ids_for({"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"], "TRUSTED_PROXIES": []}}) == []
+
+
+@pytest.mark.parametrize("network", ["10.0.0.0/33", "10.1.2.3/8", "localhost", "::1/129", "fe80::1/10", ""])
+def test_check_export_invalid_network(network):
+    assert ids_for({"EXPORT": {"ALLOWED_NETWORKS": [network]}}) == [E_EXPORT_INVALID_NETWORK]
+
+
+def test_check_export_invalid_network_shows_value():
+    (error,) = errors_for({"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"], "TRUSTED_PROXIES": ["10.1.2.3/8"]}})
+
+    assert error.msg == (
+        "CHANNELS_WS_METRICS['EXPORT']['TRUSTED_PROXIES'] contains '10.1.2.3/8', which is not "
+        "a valid IP network: 10.1.2.3/8 has host bits set."
+    )
+    assert "CIDR" in error.hint
+
+
+def test_check_export_invalid_networks_each_reported():
+    rules = {"ALLOWED_NETWORKS": ["bad", "127.0.0.0/8", "worse"]}
+
+    assert ids_for({"EXPORT": rules}) == [E_EXPORT_INVALID_NETWORK, E_EXPORT_INVALID_NETWORK]
+
+
+@pytest.mark.parametrize("key", ["BEARER_TOKEN_ENV", "BASIC_AUTH_PASSWORD_ENV"])
+def test_check_export_env_name_invalid_hides_value(key):
+    rules = {"BASIC_AUTH_USERNAME": "prometheus", "BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD"}
+    rules[key] = "pa$$w0rd!"
+
+    (error,) = errors_for({"EXPORT": rules})
+
+    assert error.id == E_EXPORT_INVALID_ENV_NAME
+    assert error.msg == (
+        f"CHANNELS_WS_METRICS['EXPORT'][{key!r}] is not a valid environment variable name (value not shown)."
+    )
+    assert "pa$$w0rd!" not in error.hint
+
+
+def test_check_export_env_name_wrong_type_hides_value():
+    (error,) = errors_for({"EXPORT": {"BEARER_TOKEN_ENV": 12345678}})
+
+    assert error.id == E_WRONG_TYPE
+    assert "12345678" not in error.msg
+    assert "got int (value not shown)" in error.msg
+
+
+@pytest.mark.parametrize("value", ["", "prom:etheus", None, 7])
+def test_check_export_username_invalid(value):
+    rules = {"BASIC_AUTH_USERNAME": value, "BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD"}
+
+    assert ids_for({"EXPORT": rules}) == [E_WRONG_TYPE]
+
+
+def test_check_export_username_without_password_env():
+    (error,) = errors_for({"EXPORT": {"BASIC_AUTH_USERNAME": "prometheus"}})
+
+    assert error.msg == (
+        "CHANNELS_WS_METRICS['EXPORT']['BASIC_AUTH_USERNAME'] = 'prometheus' is set without "
+        "BASIC_AUTH_PASSWORD_ENV."
+    )
+
+
+def test_check_export_password_env_without_username():
+    (error,) = errors_for({"EXPORT": {"BASIC_AUTH_PASSWORD_ENV": "METRICS_PASSWORD"}})
+
+    assert error.id == E_EXPORT_BASIC_AUTH_INCOMPLETE
+    assert error.msg == (
+        "CHANNELS_WS_METRICS['EXPORT']['BASIC_AUTH_PASSWORD_ENV'] is set without BASIC_AUTH_USERNAME."
+    )
+
+
+def test_check_export_trusted_proxies_alone_is_no_rule():
+    (error,) = errors_for({"EXPORT": {"TRUSTED_PROXIES": ["10.0.0.0/8"]}})
+
+    assert error.id == E_EXPORT_NO_RULE
+    assert error.msg == (
+        "CHANNELS_WS_METRICS['EXPORT'] sets no rule, got {'TRUSTED_PROXIES': ['10.0.0.0/8']}. "
+        "The guarded view would admit no request."
+    )
+
+
+def test_check_export_misspelled_rule_only_unknown():
+    assert ids_for({"EXPORT": {"BEARER_TOKEN_EN": "METRICS_TOKEN"}}) == [E_UNKNOWN_KEY]
+
+
+def test_check_export_routed_without_export_warns():
+    with override_settings(ROOT_URLCONF="tests.export_urls", CHANNELS_WS_METRICS={}):
+        (warning,) = checks.check_export_routing()
+
+    assert warning.id == checks.W_EXPORT_MISSING
+    assert "routed at 'metrics'" in warning.msg
+
+
+def test_check_export_routed_with_export_passes():
+    export = {"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"]}}
+
+    with override_settings(ROOT_URLCONF="tests.export_urls", CHANNELS_WS_METRICS=export):
+        assert checks.check_export_routing() == []
+
+
+def test_check_export_unguarded_view_routed_warns():
+    # The example project still routes django_prometheus.urls.
+    export = {"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"]}}
+
+    with override_settings(CHANNELS_WS_METRICS=export):
+        (warning,) = checks.check_export_routing()
+
+    assert warning.id == checks.W_UNGUARDED_EXPORT_ROUTED
+    assert "ExportToDjangoView is routed at 'metrics'" in warning.msg
+
+
+def test_check_export_unguarded_view_alone_passes():
+    assert checks.check_export_routing() == []
 
 
 def test_check_django_prometheus_missing_warns():
