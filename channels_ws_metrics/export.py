@@ -14,11 +14,11 @@ import hmac
 import ipaddress
 import logging
 import os
-import threading
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from .ratelimit import RateLimiter, suppressed_note
 
 logger = logging.getLogger("channels_ws_metrics")
 
@@ -242,36 +242,16 @@ def read_secrets(
     return found, missing
 
 
-#: Seconds between two log records of the same kind of rejection.
-LOG_INTERVAL = 60.0
-
-
-class RejectionLog:
+class RejectionLog(RateLimiter):
     """Log a rejected request of each kind at most once per ``interval`` seconds.
 
-    Like ``ratelimit.FailureLog``, but for rejections, which carry no
-    exception: a scraper or a scanner retrying every few seconds shows up
-    as one record a minute with a count of the repeats left out.
+    A scraper or a scanner retrying every few seconds shows up as one record
+    a minute that states how many repeats it stands for. Kinds are chosen in
+    this package or are configured variable names, never client data.
     """
 
-    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        # Keyed by kinds chosen in this package and by configured variable
-        # names, never by client data, so bounded.
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
     def __call__(self, level: int, kind: str, message: str, *args: Any) -> None:
-        now = self._clock()
-        with self._lock:
-            last = self._last_logged.get(kind)
-            if last is not None and now - last < self.interval:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            self._last_logged[kind] = now
-            suppressed = self._suppressed.pop(kind, 0)
-
-        suffix = " (%d similar rejections suppressed since the last report)."
-        logger.log(level, message + suffix, *args, suppressed)
+        suppressed = self.admit(kind)
+        if suppressed is None:
+            return
+        logger.log(level, message + ".%s", *args, suppressed_note(suppressed, "rejections"))

@@ -5,46 +5,64 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger("channels_ws_metrics")
 
-#: Seconds between two log records of the same kind of failure.
+#: Seconds between two log records of the same kind.
 LOG_INTERVAL = 60.0
 
 
-class FailureLog:
-    """Log a failure of each kind at most once per ``interval`` seconds.
+class RateLimiter:
+    """Admit one event of each kind per ``interval`` seconds and count the rest.
 
-    Repeats inside the interval are counted, and the next record states how
-    many were suppressed, so a failure on every message shows up as one line
-    a minute instead of flooding the log.
+    Kinds must come from a bounded set chosen by this package, never from
+    client data, because each kind keeps an entry.
     """
 
-    def __init__(self, interval: float = LOG_INTERVAL, clock=time.monotonic) -> None:
+    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self._clock = clock
         self._lock = threading.Lock()
-        # Keyed by a fixed set of kinds chosen in this package, so bounded.
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def __call__(self, kind: str, exc: BaseException) -> None:
+    def admit(self, kind: str) -> int | None:
+        """Return how many events of ``kind`` were left out before this one, or None to leave it out."""
         now = self._clock()
         with self._lock:
             last = self._last_logged.get(kind)
             if last is not None and now - last < self.interval:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
+                return None
             self._last_logged[kind] = now
-            suppressed = self._suppressed.pop(kind, 0)
+            return self._suppressed.pop(kind, 0)
 
+
+def suppressed_note(count: int, what: str) -> str:
+    """Return the sentence that states how many repeats a record stands for, if any."""
+    if not count:
+        return ""
+    return f" {count} similar {what} were not logged since the last report."
+
+
+class FailureLog(RateLimiter):
+    """Log a failure of each kind at most once per ``interval`` seconds.
+
+    A failure on every message thus shows up as one record a minute that
+    states how many repeats it stands for, instead of flooding the log.
+    """
+
+    def __call__(self, kind: str, exc: BaseException) -> None:
+        suppressed = self.admit(kind)
+        if suppressed is None:
+            return
         logger.error(
-            "channels_ws_metrics: %s failed: %s: %s (%d similar failures suppressed "
-            "since the last report). The WebSocket connection goes on without it.",
+            "channels_ws_metrics: %s failed: %s: %s. The WebSocket connection goes on without it.%s",
             kind,
             type(exc).__name__,
             exc,
-            suppressed,
+            suppressed_note(suppressed, "failures"),
             exc_info=exc,
         )
 

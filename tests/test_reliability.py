@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from channels_ws_metrics import WebSocketMetricsMiddleware
 from channels_ws_metrics.conf import get_settings
 from channels_ws_metrics.metrics import WebSocketMetrics
-from channels_ws_metrics.ratelimit import report_failure
+from channels_ws_metrics.ratelimit import FailureLog, report_failure
 
 from .asgi_apps import router
 
@@ -346,3 +346,21 @@ async def test_open_connection_state_is_small(metrics, samples):
     assert per_connection < 6144
     assert samples("django_websocket_connections_total", route="<unrouted>") == 1_000.0
     assert samples("django_websocket_connections_active", route="<unrouted>") == 0.0
+
+
+async def test_failure_log_states_suppressed_repeats(caplog):
+    now = [0.0]
+    log = FailureLog(clock=lambda: now[0])
+
+    with caplog.at_level(logging.ERROR, logger="channels_ws_metrics"):
+        for _ in range(4):
+            log("recording the handshake", OSError("disk full"))
+        now[0] = 61.0
+        log("recording the handshake", OSError("disk full"))
+
+    first, second = (record.getMessage() for record in caplog.records)
+    assert first == (
+        "channels_ws_metrics: recording the handshake failed: OSError: disk full. "
+        "The WebSocket connection goes on without it."
+    )
+    assert second.endswith("without it. 3 similar failures were not logged since the last report.")
