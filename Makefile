@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test soak bench clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,21 @@ demo: install
 # pytest exits 5 when it collected no tests; make treats that as a failure.
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The storm of tests/storm/test_storm.py at a larger size than `make test`
+# runs. STORM_CONNECTIONS, STORM_CONCURRENCY, STORM_TIME_LIMIT and
+# STORM_SEED, from the environment or the make command line, override it.
+soak: install
+	STORM_CONNECTIONS=$${STORM_CONNECTIONS:-20000} \
+	STORM_CONCURRENCY=$${STORM_CONCURRENCY:-100} \
+	STORM_TIME_LIMIT=$${STORM_TIME_LIMIT:-600} \
+	$(PY) -m pytest tests/storm/test_storm.py $(PYTEST_ARGS)
+
+# Runs about 10-15 minutes on a quiet machine; BENCH_QUICK=1 shrinks every
+# size so the whole run takes under a minute. See docs/benchmarks.md.
+bench: install
+	$(PY) -m pip install --quiet 'matplotlib>=3.7' 'psutil>=5.9'
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -215,6 +215,7 @@ class WebSocketMetricsMiddleware:
                     decide(ACCEPTED, accepted_at)
                 return
 
+            closing = False
             if message_type == "websocket.close":
                 # Recorded before sending: the application's decision stands
                 # even when the client is already gone and the send fails.
@@ -222,6 +223,7 @@ class WebSocketMetricsMiddleware:
                     code = message.get("code")
                     close_code = DEFAULT_CLOSE_CODE if code is None else code
                     initiator = SERVER
+                    closing = True
                 if not decided:
                     decide(REJECTED, perf_counter())
             elif message_type == "websocket.http.response.start":
@@ -231,6 +233,14 @@ class WebSocketMetricsMiddleware:
                 await send(message)
             except OSError as exc:
                 client_gone(exc)
+                raise
+            except Exception:
+                if closing:
+                    # The server refused the close, for example a code that
+                    # daphne or uvicorn will not send, so the client never
+                    # got it: the exception rule decides the code instead.
+                    close_code = None
+                    initiator = None
                 raise
 
         error: Exception | None = None

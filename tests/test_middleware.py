@@ -319,6 +319,24 @@ async def test_middleware_records_send_oserror_after_accept_as_client_close(metr
     assert samples("django_websocket_connections_active", **route) == 0.0
 
 
+async def test_middleware_records_refused_close_as_exception(metrics, samples):
+    async def send(message):
+        if message["type"] == "websocket.close":
+            raise ValueError("invalid close code 1005")
+
+    app = ScriptedApp("receive", ACCEPT, {"type": "websocket.close", "code": 1005})
+    queue: asyncio.Queue = asyncio.Queue()
+    queue.put_nowait({"type": "websocket.connect"})
+
+    with pytest.raises(ValueError, match="invalid close code"):
+        await wrap(metrics, app)({"type": "websocket", "path": "/x/"}, queue.get, send)
+
+    route = {"route": "<unrouted>"}
+    assert samples("django_websocket_connections_closed_total", code="1011", initiator="server", **route) == 1.0
+    assert samples("django_websocket_connections_closed_total", code="1005", initiator="server", **route) == 0.0
+    assert samples("django_websocket_exceptions_total", exception_type="ValueError", **route) == 1.0
+
+
 async def test_middleware_counts_other_send_errors_as_exceptions(metrics, samples):
     async def send(message):
         if message["type"] == "websocket.send":

@@ -78,6 +78,14 @@ class TestConsumer(AsyncWebsocketConsumer):
     - ``deny``: send an HTTP 403 denial response when the server supports
       the ``websocket.http.response`` extension, else close before accept.
     - ``whoami``: accept, send ``pid:<server process id>``, then echo.
+    - ``ignore_disconnect&delay=S``: accept and echo, then on
+      ``websocket.disconnect`` sleep ``S`` seconds (0 to 30) before
+      stopping, as a consumer whose cleanup hangs, so the application
+      outlives its connection.
+    - ``block&delay=S``: accept, then on the first received frame sleep
+      ``S`` seconds (0 to 30) without echoing it or reading further
+      messages, then echo later frames. A disconnect in that window stays
+      unread until the sleep ends.
 
     An unknown action or an invalid parameter closes the connection with
     code 4400 before accept, so a typo in a test shows up as a rejection
@@ -89,9 +97,13 @@ class TestConsumer(AsyncWebsocketConsumer):
     __test__ = False
 
     MAX_DELAY_SECONDS = 5.0
+    # Longer than daphne's default --application-close-timeout of 10 s, so
+    # a test can watch the server cancel the consumer, and still bounded.
+    MAX_LINGER_SECONDS = 30.0
 
     action = "echo"
     close_code: int | None = None
+    linger_seconds = 0.0
 
     async def connect(self) -> None:
         params = parse_qs(self.scope["query_string"].decode("latin-1"))
@@ -122,6 +134,13 @@ class TestConsumer(AsyncWebsocketConsumer):
         elif self.action == "whoami":
             await self.accept()
             await self.send(text_data=f"pid:{os.getpid()}")
+        elif self.action in ("ignore_disconnect", "block"):
+            delay = _parse_float(params.get("delay", [""])[0])
+            if delay is None or not 0 <= delay <= self.MAX_LINGER_SECONDS:
+                await self.close(code=INVALID_REQUEST_CLOSE_CODE)
+                return
+            self.linger_seconds = delay
+            await self.accept()
         else:
             await self.close(code=INVALID_REQUEST_CLOSE_CODE)
 
@@ -131,11 +150,21 @@ class TestConsumer(AsyncWebsocketConsumer):
         if self.action == "server_close":
             await self.close(code=self.close_code)
             return
+        if self.action == "block":
+            # Only the first frame blocks, so the consumer echoes again
+            # afterwards and ends normally once it reads the disconnect.
+            self.action = "echo"
+            await asyncio.sleep(self.linger_seconds)
+            return
 
         if text_data is not None:
             await self.send(text_data=text_data)
         else:
             await self.send(bytes_data=bytes_data)
+
+    async def disconnect(self, code: int) -> None:
+        if self.action == "ignore_disconnect":
+            await asyncio.sleep(self.linger_seconds)
 
     async def _deny(self) -> None:
         # Daphne 4.2 does not offer the denial response extension, so it
