@@ -61,15 +61,16 @@ def find_url_router(application: Any) -> URLRouter | None:
 class _Route:
     """One route of a router, with its label and the router it leads to, if any."""
 
-    __slots__ = ("pattern", "search", "label", "nested")
+    __slots__ = ("pattern", "search", "prefix", "label", "nested")
 
     def __init__(self, pattern: Any, nested: list[_Route] | None) -> None:
         self.pattern = pattern
         self.search = _regex_search(pattern)
+        self.prefix = _literal_prefix(pattern)
         self.label = str(pattern)
         self.nested = nested
 
-    def match(self, path: str) -> str | None:
+    def remainder(self, path: str) -> str | None:
         """Return the rest of ``path`` after this route's pattern, or None."""
         search = self.search
         if search is None:
@@ -100,6 +101,36 @@ def _regex_search(pattern: Any) -> Any:
             return regex.fullmatch
         return regex.search
     return None
+
+
+_REGEX_SPECIAL = frozenset("\\.^$*+?{}[]|()")
+_QUANTIFIERS = frozenset("*?{")
+
+
+def _literal_prefix(pattern: Any) -> str:
+    """Return text that every path this pattern matches starts with ("" if unknown)."""
+    if isinstance(pattern, RoutePattern) and isinstance(pattern._route, str):
+        return pattern._route.partition("<")[0]
+    if not isinstance(pattern, RegexPattern) or not isinstance(pattern._regex, str):
+        return ""
+
+    regex = pattern._regex
+    # Without the anchor, search() may match anywhere in the path, and an
+    # alternative may start with anything.
+    if not regex.startswith("^") or "|" in regex:
+        return ""
+    prefix = []
+    for character in regex[1:]:
+        if character in _QUANTIFIERS:
+            # The quantifier applies to the last character, which may then
+            # be absent or repeated.
+            if prefix:
+                prefix.pop()
+            break
+        if character in _REGEX_SPECIAL:
+            break
+        prefix.append(character)
+    return "".join(prefix)
 
 
 def _routes_of(router: URLRouter, depth: int = 0) -> list[_Route]:
@@ -160,7 +191,11 @@ class RouteResolver:
 
 def _match(routes: list[_Route], path: str) -> str | None:
     for route in routes:
-        remaining = route.match(path)
+        # A string comparison, inline, rules out most routes of a large
+        # router before any call or regex.
+        if not path.startswith(route.prefix):
+            continue
+        remaining = route.remainder(path)
         if remaining is None:
             continue
         if route.nested is None:

@@ -5,7 +5,7 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path, re_path, register_converter
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
-from channels_ws_metrics.routing import UNMATCHED, UNROUTED, RouteResolver, find_url_router
+from channels_ws_metrics.routing import UNMATCHED, UNROUTED, RouteResolver, _literal_prefix, find_url_router
 
 from .asgi_apps import EchoConsumer, router
 
@@ -153,6 +153,8 @@ class Recorder:
         "/ws/f/ab c/",
         "/ws/g/12345678-1234-5678-1234-567812345678/",
         "/ws/nowhere/",
+        "/api/h/",
+        "/ws/h/",
     ],
 )
 async def test_route_resolver_agrees_with_url_router(path_):
@@ -163,6 +165,7 @@ async def test_route_resolver_agrees_with_url_router(path_):
         (r"^ws/e/(?P<n>[0-9]*[02468])/$", re_path),
         ("ws/f/<slug:s>/", path),
         ("ws/g/<uuid:u>/", path),
+        (r"^ws/h/$|^api/h/$", re_path),
     ]
     patterns = [make(route, Recorder(route)) for route, make in routes]
     nested = URLRouter([path("v1/<even:n>/", Recorder("v1/<even:n>/")), re_path(r"^v2/$", Recorder("^v2/$"))])
@@ -180,3 +183,23 @@ async def test_route_resolver_agrees_with_url_router(path_):
         expected = "ws/d/" + expected
 
     assert resolve(application, path_) == expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "prefix"),
+    [
+        (path("ws/chat/<str:room>/", consumer), "ws/chat/"),
+        (path("ws/echo/", consumer), "ws/echo/"),
+        (path("<str:room>/", consumer), ""),
+        (re_path(r"^ws/legacy/(?P<id>\d+)/$", consumer), "ws/legacy/"),
+        (re_path(r"^ws/a?b/$", consumer), "ws/"),
+        (re_path(r"^ws/ab*/$", consumer), "ws/a"),
+        (re_path(r"^ws/x{2}/$", consumer), "ws/"),
+        (re_path(r"^ws\.v1/$", consumer), "ws"),
+        (re_path(r"^(?i)ws/$", consumer), ""),
+        (re_path(r"^ws|api/$", consumer), ""),
+        (re_path(r"ws/echo/$", consumer), ""),
+    ],
+)
+def test_literal_prefix_is_a_safe_lower_bound(pattern, prefix):
+    assert _literal_prefix(pattern.pattern) == prefix
