@@ -19,6 +19,13 @@ W_NO_DJANGO_PROMETHEUS = "channels_ws_metrics.W001"
 W_MULTIPROC_DIR_UNUSABLE = "channels_ws_metrics.W002"
 W_EXPORT_MISSING = "channels_ws_metrics.W003"
 W_UNGUARDED_EXPORT_ROUTED = "channels_ws_metrics.W004"
+W_HEADER_SPOOFING_DJANGO = "channels_ws_metrics.W005"
+
+# Django releases that fixed CVE-2026-3902, per release series: before them,
+# ASGIRequest merged a client's X_Forwarded_For header into
+# HTTP_X_FORWARDED_FOR, so a client could choose the address that the
+# guarded view checks.
+_HEADER_SPOOFING_FIXED = {(4, 2): (4, 2, 30), (5, 2): (5, 2, 13), (6, 0): (6, 0, 4)}
 
 
 @register(Tags.compatibility)
@@ -114,3 +121,33 @@ def _routed_views(
             yield from _routed_views(entry.url_patterns, route)
         else:
             yield route, entry.callback
+
+
+def _merges_underscore_headers(version: tuple[Any, ...]) -> bool:
+    fixed = _HEADER_SPOOFING_FIXED.get(tuple(version[:2]))
+    if fixed is not None:
+        return tuple(version[:3]) < fixed
+    # Series before 6.1 without a fix are unsupported and were not evaluated.
+    return tuple(version[:2]) < (6, 1)
+
+
+@register(Tags.security)
+def check_header_spoofing(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    import django
+
+    try:
+        rules = conf.get_settings().export
+    except Exception:
+        return []  # invalid settings are reported by check_settings
+    if rules is None or not rules.trusted_proxies or not _merges_underscore_headers(django.VERSION):
+        return []
+    return [
+        Warning(
+            f"Django {django.get_version()} lets a client spoof X-Forwarded-For under ASGI "
+            "(CVE-2026-3902), and CHANNELS_WS_METRICS['EXPORT']['TRUSTED_PROXIES'] makes the "
+            "guarded metrics view trust that header.",
+            hint="Upgrade Django to 4.2.30, 5.2.13, 6.0.4 or later, or make every trusted proxy "
+            "drop request headers whose names contain underscores (nginx does by default).",
+            id=W_HEADER_SPOOFING_DJANGO,
+        )
+    ]

@@ -164,12 +164,14 @@ def _validate_buckets(key: str, value: Any, unit: str, example: str) -> list[Che
             )
         ]
     increasing = all(later > earlier for earlier, later in zip(value, value[1:]))
-    if not increasing or value[0] <= 0:
-        suggestion = sorted({bound for bound in value if bound > 0})
+    finite = all(math.isfinite(bound) for bound in value)
+    if not increasing or not finite or value[0] <= 0:
+        suggestion = sorted({bound for bound in value if bound > 0 and math.isfinite(bound)})
         return [
             Error(
-                f"{_key(key)} must be positive and strictly increasing, got {value!r}.",
-                hint=f"Sort the bounds and drop duplicates and values <= 0: {suggestion!r}.",
+                f"{_key(key)} must be finite, positive and strictly increasing, got {value!r}.",
+                hint="Sort the bounds and drop duplicates, values <= 0 and infinities "
+                f"(+Inf is added for you): {suggestion!r}.",
                 id=E_BUCKETS_VALUES,
             )
         ]

@@ -217,8 +217,9 @@ def _check_basic(parameter: str, expected_username: str, expected_password: str)
 def _same_secret(presented: str, expected: str) -> bool:
     # compare_digest takes time independent of the contents but may return
     # early on a length mismatch, so it compares fixed-size digests instead.
-    presented_digest = hashlib.sha256(presented.encode("utf-8")).digest()
-    expected_digest = hashlib.sha256(expected.encode("utf-8")).digest()
+    # surrogateescape: os.environ keeps bytes that are not UTF-8 that way.
+    presented_digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
+    expected_digest = hashlib.sha256(expected.encode("utf-8", "surrogateescape")).digest()
     return hmac.compare_digest(presented_digest, expected_digest)
 
 

@@ -63,6 +63,8 @@ class WebSocketMetricsMiddleware:
         if scope["type"] != "websocket" or SCOPE_KEY in scope:
             return await self.app(scope, receive, send)
 
+        # From here, so that the handshake duration includes the labels' time.
+        started = perf_counter()
         metrics = self._metrics
         try:
             if metrics is None:
@@ -89,7 +91,6 @@ class WebSocketMetricsMiddleware:
         # The rest of the connection lives in this one coroutine, with its
         # state in local variables that the two wrappers share, because a
         # helper coroutine would add a frame to every connection.
-        started = perf_counter()
         accepted_at: float | None = None
         gauge_raised = False
         decided = False

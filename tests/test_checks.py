@@ -153,7 +153,7 @@ def test_check_buckets_wrong_type(key, value):
     assert ids_for({key: value}) == [E_WRONG_TYPE]
 
 
-@pytest.mark.parametrize("value", [[2, 1], [1, 1], [0, 1], [-1, 1]])
+@pytest.mark.parametrize("value", [[2, 1], [1, 1], [0, 1], [-1, 1], [float("inf")], [1, float("inf")]])
 def test_check_buckets_not_increasing(value):
     assert ids_for({"CONNECTION_DURATION_BUCKETS": value}) == [E_BUCKETS_VALUES]
 
@@ -162,10 +162,12 @@ def test_check_buckets_hint_shows_sorted_bounds():
     (error,) = errors_for({"HANDSHAKE_DURATION_BUCKETS": [5, 1, 1, 0]})
 
     assert error.msg == (
-        "CHANNELS_WS_METRICS['HANDSHAKE_DURATION_BUCKETS'] must be positive and "
+        "CHANNELS_WS_METRICS['HANDSHAKE_DURATION_BUCKETS'] must be finite, positive and "
         "strictly increasing, got [5, 1, 1, 0]."
     )
-    assert error.hint == "Sort the bounds and drop duplicates and values <= 0: [1, 5]."
+    assert error.hint == (
+        "Sort the bounds and drop duplicates, values <= 0 and infinities (+Inf is added for you): [1, 5]."
+    )
 
 
 @pytest.mark.parametrize("key", ["MESSAGE_METRICS", "MESSAGE_SIZE_HISTOGRAM"])
@@ -511,3 +513,37 @@ def test_middleware_raises_improperly_configured_on_bad_settings(settings):
         "channels_ws_metrics.E002: CHANNELS_WS_METRICS has an unknown key 'NAMESAPCE'. "
         "HINT: Did you mean 'NAMESPACE'?"
     )
+
+
+@pytest.mark.parametrize(
+    ("version", "affected"),
+    [
+        ((4, 2, 29, "final", 0), True),
+        ((4, 2, 30, "final", 0), False),
+        ((5, 0, 14, "final", 0), True),
+        ((5, 2, 12, "final", 0), True),
+        ((5, 2, 13, "final", 0), False),
+        ((6, 0, 3, "final", 0), True),
+        ((6, 0, 4, "final", 0), False),
+        ((6, 1, 0, "final", 0), False),
+    ],
+)
+def test_check_header_spoofing_versions(version, affected):
+    assert checks._merges_underscore_headers(version) is affected
+
+
+def test_check_header_spoofing_warns_with_trusted_proxies(settings, monkeypatch):
+    monkeypatch.setattr("django.VERSION", (5, 2, 12, "final", 0))
+    settings.CHANNELS_WS_METRICS = {"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"], "TRUSTED_PROXIES": ["10.0.0.0/8"]}}
+
+    (warning,) = checks.check_header_spoofing()
+
+    assert warning.id == checks.W_HEADER_SPOOFING_DJANGO
+    assert "CVE-2026-3902" in warning.msg
+
+
+def test_check_header_spoofing_silent_without_trusted_proxies(settings, monkeypatch):
+    monkeypatch.setattr("django.VERSION", (5, 2, 12, "final", 0))
+    settings.CHANNELS_WS_METRICS = {"EXPORT": {"ALLOWED_NETWORKS": ["127.0.0.0/8"]}}
+
+    assert checks.check_header_spoofing() == []

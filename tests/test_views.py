@@ -619,3 +619,13 @@ def test_metrics_multiprocess_mode_serves_files(client, export, monkeypatch, tmp
 
     assert response.status_code == 200
     assert b'django_websocket_connections_total{route="ws/echo/"} 3.0' in response.content
+
+
+def test_metrics_bearer_rejects_when_secret_is_not_utf8(client, export, monkeypatch):
+    export(**BEARER)
+    # os.environ keeps bytes that are not UTF-8 as lone surrogates.
+    monkeypatch.setenv("TEST_METRICS_TOKEN", "token\udcff")
+
+    response = get(client, Authorization="Bearer tokenÿ")
+
+    assert response.status_code == 401
