@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from .conftest import LEFTOVER_WARNING, daphne_command
+from tests.servers import multiprocess_environment
+
+from .helpers import LEFTOVER_WARNING
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -33,8 +35,9 @@ async def send_and_receive(websocket, count: int) -> None:
 
 async def test_daphne_fleet_periodic_sweep_after_kill(fleet):
     directory = fleet.directory("multiproc")
-    survivor = fleet.start("daphne", daphne_command, directory, sweep_interval=SWEEP_INTERVAL)
-    victim = fleet.start("daphne", daphne_command, directory, sweep_interval=SWEEP_INTERVAL)
+    environment = multiprocess_environment(directory, sweep_interval=SWEEP_INTERVAL)
+    survivor = fleet.start("daphne", environment=environment)
+    victim = fleet.start("daphne", environment=environment)
 
     connections = []
     try:

@@ -11,7 +11,9 @@ import signal
 import pytest
 from websockets.protocol import State
 
-from .conftest import LEFTOVER_WARNING, gunicorn_command, open_whoami
+from tests.servers import multiprocess_environment
+
+from .helpers import LEFTOVER_WARNING, open_whoami
 
 pytestmark = [
     pytest.mark.e2e,
@@ -47,7 +49,11 @@ async def test_gunicorn_kill_corrects_active(fleet, tmp_path):
     config_path = tmp_path / "gunicorn.conf.py"
     config_path.write_text(GUNICORN_CONFIG)
     directory = fleet.directory("multiproc")
-    server = fleet.start("gunicorn", gunicorn_command(2, config_path), directory, sweep_interval=0)
+    server = fleet.start(
+        "gunicorn",
+        ["--config", str(config_path), "--workers", "2"],
+        multiprocess_environment(directory, sweep_interval=0),
+    )
     first_workers = server.wait_for_workers(2)
 
     connections = await open_whoami(server, 10)

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT
+from tests.servers import REPO_ROOT
 
-from .conftest import require_tool
+from .helpers import require_tool
 
 CONTRIB = REPO_ROOT / "contrib" / "prometheus"
 RULES = "channels_ws_metrics.rules.yml"

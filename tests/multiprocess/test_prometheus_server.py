@@ -14,15 +14,14 @@ import signal
 import subprocess
 import time
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import HOST, NETWORK_TIMEOUT, PORT_ATTEMPTS, SHUTDOWN_TIMEOUT, STARTUP_TIMEOUT, pick_free_port
+from tests.servers import HOST, NETWORK_TIMEOUT, LoopbackProcess, multiprocess_environment
 
-from .conftest import LEFTOVER_WARNING, daphne_command, require_tool
+from .helpers import LEFTOVER_WARNING, require_tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -40,18 +39,16 @@ ECHO_ROUTE = "ws/echo/"
 TEST_ROUTE = "ws/test/"
 
 
-class Prometheus:
+class Prometheus(LoopbackProcess):
     """A Prometheus server on a loopback port with its data in a temporary directory."""
 
     def __init__(self, tmp_path: Path, targets: list[tuple[str, str]]) -> None:
+        super().__init__("prometheus", tmp_path / "prometheus.log")
         self.tmp_path = tmp_path
         self.targets = targets
-        self.log_path = tmp_path / "prometheus.log"
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.config_path = tmp_path / "prometheus.yml"
 
-    def write_config(self) -> Path:
+    def write_config(self) -> None:
         static_configs = [{"targets": [address], "labels": {"host": host}} for host, address in self.targets]
         config = {
             "global": {
@@ -63,59 +60,27 @@ class Prometheus:
             "scrape_configs": [{"job_name": "chat", "static_configs": static_configs}],
         }
         # JSON is valid YAML, so no YAML library is needed.
-        path = self.tmp_path / "prometheus.yml"
-        path.write_text(json.dumps(config, indent=2))
-        return path
+        self.config_path.write_text(json.dumps(config, indent=2))
+
+    def command(self) -> list[str]:
+        return [
+            require_tool("prometheus"),
+            f"--config.file={self.config_path}",
+            f"--storage.tsdb.path={self.tmp_path / 'data'}",
+            f"--web.listen-address={HOST}:{self.port}",
+            "--log.level=warn",
+        ]
+
+    def is_ready(self) -> bool:
+        try:
+            with self._opener.open(f"http://{HOST}:{self.port}/-/ready", timeout=1.0) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def start(self) -> None:
-        executable = require_tool("prometheus")
-        config_path = self.write_config()
-        for _ in range(PORT_ATTEMPTS):
-            self.port = pick_free_port()
-            with open(self.log_path, "ab") as log:
-                self.process = subprocess.Popen(
-                    [
-                        executable,
-                        f"--config.file={config_path}",
-                        f"--storage.tsdb.path={self.tmp_path / 'data'}",
-                        f"--web.listen-address={HOST}:{self.port}",
-                        "--log.level=warn",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            if self._wait_until_ready():
-                return
-            self.stop()
-            if "address already in use" not in self.read_output().lower():
-                break
-        pytest.fail(f"Prometheus did not become ready within {STARTUP_TIMEOUT} s. Output:\n{self.read_output()}")
-
-    def _wait_until_ready(self) -> bool:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with self._opener.open(f"http://{HOST}:{self.port}/-/ready", timeout=1.0) as response:
-                    if response.status == 200:
-                        return True
-            except OSError:
-                pass
-            time.sleep(0.1)
-        return False
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=SHUTDOWN_TIMEOUT)
-
-    def read_output(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        self.write_config()
+        super().start()
 
     def query_now(self, expression: str) -> dict[tuple[tuple[str, str], ...], float]:
         """Return an instant query's result as {sorted label pairs: value}, without ``__name__``."""
@@ -181,9 +146,11 @@ async def test_prometheus_counts_across_hosts_and_kill(fleet, prometheus_factory
     require_tool("prometheus")
     directory_a = fleet.directory("host-a")
     directory_b = fleet.directory("host-b")
-    a1 = fleet.start("daphne", daphne_command, directory_a, sweep_interval=SWEEP_INTERVAL)
-    a2 = fleet.start("daphne", daphne_command, directory_a, sweep_interval=SWEEP_INTERVAL)
-    b1 = fleet.start("daphne", daphne_command, directory_b, sweep_interval=SWEEP_INTERVAL)
+    host_a = multiprocess_environment(directory_a, sweep_interval=SWEEP_INTERVAL)
+    host_b = multiprocess_environment(directory_b, sweep_interval=SWEEP_INTERVAL)
+    a1 = fleet.start("daphne", environment=host_a)
+    a2 = fleet.start("daphne", environment=host_a)
+    b1 = fleet.start("daphne", environment=host_b)
     prometheus = prometheus_factory([("a", f"{HOST}:{a1.port}"), ("b", f"{HOST}:{b1.port}")])
 
     on_a1 = [await a1.connect("/ws/echo/") for _ in range(3)]

@@ -10,7 +10,9 @@ import signal
 import pytest
 from websockets.protocol import State
 
-from .conftest import LEFTOVER_WARNING, open_whoami, uvicorn_workers_command
+from tests.servers import multiprocess_environment
+
+from .helpers import LEFTOVER_WARNING, open_whoami
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -29,7 +31,7 @@ async def test_uvicorn_workers_kill_corrects_active(fleet):
     directory = fleet.directory("multiproc")
     # The periodic sweep is off, so only the replacement worker's start-up
     # sweep can remove the killed worker's live gauge.
-    server = fleet.start("uvicorn", uvicorn_workers_command(2), directory, sweep_interval=0)
+    server = fleet.start("uvicorn", ["--workers", "2"], multiprocess_environment(directory, sweep_interval=0))
     first_workers = server.wait_for_workers(2)
 
     connections = await open_whoami(server, 20)

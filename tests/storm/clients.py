@@ -26,7 +26,7 @@ from urllib.parse import quote
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.e2e.conftest import HOST, NETWORK_TIMEOUT, Server
+from tests.servers import HOST, NETWORK_TIMEOUT, Server
 
 ECHO_ROUTE = "ws/echo/"
 TEST_ROUTE = "ws/test/"

@@ -22,8 +22,8 @@ import asyncio
 import pytest
 from websockets.exceptions import InvalidMessage
 
+from tests.servers import ServerGroup
 from tests.storm.clients import ACTIVE, CLOSED, CONNECTIONS, DURATION_COUNT, EXCEPTIONS, HANDSHAKES, TEST_ROUTE
-from tests.storm.conftest import ServerStarter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -53,7 +53,7 @@ def connection_ended(before):
 
 
 @pytest.mark.parametrize(("leave", "code"), [("close", "1000"), ("abort", "1006")])
-async def test_close_timeout_cancels_ignoring_consumer(servers: ServerStarter, leave: str, code: str) -> None:
+async def test_close_timeout_cancels_ignoring_consumer(servers: ServerGroup, leave: str, code: str) -> None:
     server = servers.start("daphne", CLOSE_TIMEOUT_OPTIONS)
     before = await server.scrape()
 
@@ -77,7 +77,7 @@ async def test_close_timeout_cancels_ignoring_consumer(servers: ServerStarter, l
     assert server.read_output().count(DAPHNE_CANCEL_MESSAGE) == 1
 
 
-async def test_close_timeout_cancels_blocked_consumer(servers: ServerStarter) -> None:
+async def test_close_timeout_cancels_blocked_consumer(servers: ServerGroup) -> None:
     server = servers.start("daphne", CLOSE_TIMEOUT_OPTIONS)
     before = await server.scrape()
 
@@ -102,7 +102,7 @@ async def test_close_timeout_cancels_blocked_consumer(servers: ServerStarter) ->
     assert server.read_output().count(DAPHNE_CANCEL_MESSAGE) == 1
 
 
-async def test_connect_timeout_counts_late_accept(servers: ServerStarter) -> None:
+async def test_connect_timeout_counts_late_accept(servers: ServerGroup) -> None:
     # daphne checks handshake timeouts every 2 s, so with a 1 s timeout it
     # drops the connection 1 s to 3 s after the request, before the
     # consumer accepts at 5 s.
@@ -125,7 +125,7 @@ async def test_connect_timeout_counts_late_accept(servers: ServerStarter) -> Non
 
 
 @pytest.mark.parametrize("action", ["ignore_disconnect", "block"])
-async def test_uvicorn_runs_consumer_to_its_end(servers: ServerStarter, action: str) -> None:
+async def test_uvicorn_runs_consumer_to_its_end(servers: ServerGroup, action: str) -> None:
     server = servers.start("uvicorn")
     before = await server.scrape()
 

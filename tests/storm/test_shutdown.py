@@ -14,7 +14,8 @@ import asyncio
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from tests.e2e.conftest import HOST
+from tests.metric_samples import ProcessMetrics
+from tests.servers import HOST, Server, ServerGroup, multiprocess_environment
 from tests.storm.clients import (
     ACTIVE,
     CLOSED,
@@ -25,7 +26,6 @@ from tests.storm.clients import (
     HANDSHAKES,
     TEST_ROUTE,
 )
-from tests.storm.conftest import MULTIPROC_DIR_ENV, CustomServer, ProcessMetrics, ServerStarter
 
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
@@ -68,7 +68,7 @@ RECORDED_CLOSES = {"daphne": ("1006", "server"), "uvicorn": ("1012", "client")}
 PENDING_RESPONSES = {"daphne": b"", "uvicorn": b"HTTP/1.1 500 "}
 
 
-async def open_echo_connections(server: CustomServer, count: int) -> list[ClientConnection]:
+async def open_echo_connections(server: Server, count: int) -> list[ClientConnection]:
     websockets = []
     for number in range(count):
         websocket = await server.connect("/ws/echo/")
@@ -91,9 +91,9 @@ async def read_response_start(reader: asyncio.StreamReader) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
-async def test_sigterm_closes_each_connection_once(servers: ServerStarter, kind: str) -> None:
-    directory = servers.multiprocess_directory()
-    server = servers.start(kind, environment={MULTIPROC_DIR_ENV: str(directory)})
+async def test_sigterm_closes_each_connection_once(servers: ServerGroup, kind: str) -> None:
+    directory = servers.directory("multiproc")
+    server = servers.start(kind, environment=multiprocess_environment(directory))
 
     websockets = await open_echo_connections(server, OPEN_CONNECTIONS)
     pending = [
@@ -139,9 +139,9 @@ async def test_sigterm_closes_each_connection_once(servers: ServerStarter, kind:
         "without the middleware's cleanup"
     ),
 )
-async def test_daphne_sigterm_with_unfinished_request(servers: ServerStarter) -> None:
-    directory = servers.multiprocess_directory()
-    server = servers.start("daphne", environment={MULTIPROC_DIR_ENV: str(directory)})
+async def test_daphne_sigterm_with_unfinished_request(servers: ServerGroup) -> None:
+    directory = servers.directory("multiproc")
+    server = servers.start("daphne", environment=multiprocess_environment(directory))
     await asyncio.sleep(DAPHNE_IDLE_WAIT)
 
     # A request whose body has not arrived yet, as from a slow upload:

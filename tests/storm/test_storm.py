@@ -27,7 +27,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import STARTUP_TIMEOUT, MetricsSnapshot, Server
+from tests.metric_samples import MetricsSnapshot
+from tests.servers import STARTUP_TIMEOUT, Server
 from tests.storm.clients import (
     ACTIVE,
     CLOSED,
