@@ -113,22 +113,26 @@ def benchmark_server_kind(
 ) -> dict:
     """Run every round for one server kind, with one server process per variant."""
     rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
-    with ExitStack() as stack:
-        servers = {
-            variant: stack.enter_context(BenchmarkServer(kind, variant, work_dir, server_cpus))
-            for variant in VARIANTS
-        }
+    for round_index in range(arguments.rounds):
+        # Fresh server processes every round: one process can run a few per
+        # cent faster or slower than another for its whole life (memory
+        # layout, hash seeds), which the median over rounds of the same
+        # processes would keep as a bias between variants.
+        with ExitStack() as stack:
+            servers = {
+                variant: stack.enter_context(BenchmarkServer(kind, variant, work_dir, server_cpus))
+                for variant in VARIANTS
+            }
 
-        # Imports, first-connection caches and the metric series are built
-        # here, outside the measured rounds.
-        for variant in VARIANTS:
-            asyncio.run(
-                measure_load(
-                    servers[variant], arguments.connections, arguments.warmup_messages, arguments.window, arguments.timeout
+            # Imports, first-connection caches and the metric series are
+            # built here, outside the measured window.
+            for variant in VARIANTS:
+                asyncio.run(
+                    measure_load(
+                        servers[variant], arguments.connections, arguments.warmup_messages, arguments.window, arguments.timeout
+                    )
                 )
-            )
 
-        for round_index in range(arguments.rounds):
             for variant in rotate(VARIANTS, round_index):
                 load = asyncio.run(
                     measure_load(
@@ -171,12 +175,12 @@ def main() -> None:
     parser.add_argument("--servers", type=parse_servers, default=list(SERVER_KINDS), help="comma-separated server kinds")
     parser.add_argument("--rounds", type=int, default=9, help="measured rounds per variant; the median is reported")
     parser.add_argument("--connections", type=int, default=32, help="concurrent WebSocket connections per round")
-    parser.add_argument("--messages", type=int, default=500, help="echoed messages per connection per round")
+    parser.add_argument("--messages", type=int, default=1000, help="echoed messages per connection per round")
     parser.add_argument(
         "--window", type=int, default=1, help="frames each connection sends before it reads their echoes"
     )
     parser.add_argument(
-        "--warmup-messages", type=int, default=20, help="echoed messages per connection before the rounds"
+        "--warmup-messages", type=int, default=50, help="echoed messages per connection before each round"
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds allowed for one round's handshakes, exchange or closes"
