@@ -114,10 +114,10 @@ def benchmark_server_kind(
     """Run every round for one server kind, with one server process per variant."""
     rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     for round_index in range(arguments.rounds):
-        # Fresh server processes every round: one process can run a few per
-        # cent faster or slower than another for its whole life (memory
-        # layout, hash seeds), which the median over rounds of the same
-        # processes would keep as a bias between variants.
+        # Fresh server processes every round, because one process can run a
+        # few per cent faster or slower than another for its whole life
+        # (memory layout, hash seeds). The median over rounds of the same
+        # processes would keep that as a bias between variants.
         with ExitStack() as stack:
             servers = {
                 variant: stack.enter_context(BenchmarkServer(kind, variant, work_dir, server_cpus))

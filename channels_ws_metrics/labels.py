@@ -102,8 +102,8 @@ def _is_async(function: Any) -> bool:
 class ExtraLabels:
     """Compute the extra label values of a connection.
 
-    Each label keeps the distinct values it has produced in this process;
-    past ``max_values`` of them a new value becomes ``<other>``, so a
+    Each label keeps the distinct values it has produced in this process.
+    Past ``max_values`` of them, a new value becomes ``<other>``, so a
     callable that returns client input cannot grow the series without bound.
     """
 
@@ -201,7 +201,7 @@ def _invalid_value(value: Any) -> Exception | None:
 
 
 def _discard_outcome(future: asyncio.Future[Any]) -> None:
-    # Retrieve the outcome of a call nobody waits for any more, so asyncio
+    # Retrieve the outcome of a call that is no longer awaited, so asyncio
     # does not log "exception was never retrieved".
     if not future.cancelled():
         future.exception()

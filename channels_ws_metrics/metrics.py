@@ -56,8 +56,8 @@ def fast_inc(child: Any) -> Callable[[float], None]:
     here by construction, so calling the value's inc() directly saves three
     Python calls per update on the per-message path.
     """
-    # NOTE: ``_value`` is internal to prometheus_client (a MutexValue, or a
-    # MmapedValue in multiprocess mode, in 0.17 to 0.26); a child without it
+    # NOTE: ``_value`` is internal to prometheus_client. In 0.26 it is a
+    # MutexValue, or a MmapedValue in multiprocess mode. A child without it
     # gets its public inc(), which takes the same argument.
     value_inc = getattr(getattr(child, "_value", None), "inc", None)
     return value_inc if callable(value_inc) else child.inc

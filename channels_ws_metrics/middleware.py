@@ -218,8 +218,8 @@ class WebSocketMetricsMiddleware:
 
             closing = False
             if message_type == "websocket.close":
-                # Recorded before sending: the application's decision stands
-                # even when the client is already gone and the send fails.
+                # Recorded before sending, so the application's decision
+                # counts even when the client is already gone and the send fails.
                 if close_code is None:
                     code = message.get("code")
                     close_code = DEFAULT_CLOSE_CODE if code is None else code
@@ -281,7 +281,7 @@ class WebSocketMetricsMiddleware:
                     outcome = ABANDONED
                 else:
                     # The application returned without accepting or closing, so
-                    # the server fails the handshake (uvicorn answers 500).
+                    # the server fails the handshake (uvicorn responds with 500).
                     outcome = ERROR
                 decide(outcome, ended)
 
