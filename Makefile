@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
 
-.PHONY: install demo test soak bench clean
+.PHONY: install demo test test-compat soak bench clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,11 @@ demo: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The unit and end-to-end tests on Python 3.10 with Django 4.2 and on
+# Python 3.12 with Django 6.0, each in its own virtualenv.
+test-compat:
+	scripts/test-compat.sh
+
 # The storm of tests/storm/test_storm.py at a larger size than `make test`
 # runs. STORM_CONNECTIONS, STORM_CONCURRENCY, STORM_TIME_LIMIT and
 # STORM_SEED, from the environment or the make command line, override it.
@@ -45,4 +50,4 @@ bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-compat build dist *.egg-info .pytest_cache
