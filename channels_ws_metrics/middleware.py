@@ -66,21 +66,24 @@ class WebSocketMetricsMiddleware:
         # From here, so that the handshake duration includes the labels' time.
         started = perf_counter()
         metrics = self._metrics
+        route_metrics = None
+        # Only the setup may fail into the pass-through below: the
+        # application is called outside this block, so it never runs twice.
         try:
             if metrics is None:
                 metrics = get_metrics()
-            if metrics.skip_paths and metrics.skips(scope.get("path")):
-                return await self.app(scope, receive, send)
-            route = self._resolve_route(scope)
-            if metrics.extra_labels.names:
-                route_metrics = metrics.for_route(route, await metrics.extra_labels.values(scope))
-            else:
-                route_metrics = metrics.for_route(route)
+            if not (metrics.skip_paths and metrics.skips(scope.get("path"))):
+                route = self._resolve_route(scope)
+                if metrics.extra_labels.names:
+                    route_metrics = metrics.for_route(route, await metrics.extra_labels.values(scope))
+                else:
+                    route_metrics = metrics.for_route(route)
         except Exception as exc:
             if metrics is None:
                 report_failure(OPERATIONS["setup"], exc)
             else:
                 metrics.failed("setup", exc)
+        if route_metrics is None:
             return await self.app(scope, receive, send)
 
         scope = dict(scope)

@@ -224,3 +224,22 @@ async def test_settings_max_label_values_caps_distinct_values(settings, scrape):
     assert exposition(total, tenant="a", **ECHO) == 2.0
     assert exposition(total, tenant="b", **ECHO) == 1.0
     assert exposition(total, tenant=OTHER_VALUE, **ECHO) == 2.0
+
+
+async def test_settings_skip_paths_run_raising_app_once(settings):
+    settings.CHANNELS_WS_METRICS = {"SKIP_PATHS": [r"/ws/raise-before/"]}
+    calls = []
+
+    class Counting:
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            calls.append(scope["path"])
+            return await self.app(scope, receive, send)
+
+    communicator = WebsocketCommunicator(WebSocketMetricsMiddleware(Counting(router())), "/ws/raise-before/")
+    with pytest.raises(RuntimeError, match="connect failed"):
+        await communicator.connect(timeout=0.1)
+
+    assert calls == ["/ws/raise-before/"]
