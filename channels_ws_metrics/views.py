@@ -35,7 +35,7 @@ log_rejection = RejectionLog()
 
 
 # The view changes nothing and serves only GET and HEAD. Without the exemption,
-# CsrfViewMiddleware would answer a POST with its own 403 page before the 405.
+# CsrfViewMiddleware would reject a POST with its own 403 page before the 405.
 @csrf_exempt
 def metrics(request: HttpRequest) -> HttpResponse:
     """Return django-prometheus's exposition if the request passes every ``EXPORT`` rule.

@@ -178,7 +178,7 @@ def test_metrics_forwarded_for_all_trusted_uses_leftmost(client, export):
 
 
 def test_metrics_forwarded_for_absent_from_proxy_rejected(client, export):
-    # A proxy that forgets the header must not make every client look like the proxy.
+    # A proxy that omits the header must not make every client look like the proxy.
     export(ALLOWED_NETWORKS=["10.0.0.0/8"], TRUSTED_PROXIES=["10.0.0.0/8"])
 
     response = get(client, "10.0.0.2")
