@@ -41,6 +41,10 @@ DEFAULT_MESSAGE_SIZE_BUCKETS: tuple[float, ...] = tuple(64 * 4**power for power 
 
 DEFAULT_MAX_LABEL_VALUES = 50
 
+#: Seconds between two additions of the per-connection message counts to
+#: the counters by the background thread.
+DEFAULT_MESSAGE_FLUSH_INTERVAL = 1.0
+
 #: Labels this package sets itself, plus names Prometheus and the
 #: multiprocess collector give a meaning of their own.
 RESERVED_LABEL_NAMES = frozenset(
@@ -65,6 +69,7 @@ E_EXPORT_INVALID_NETWORK = "channels_ws_metrics.E014"
 E_EXPORT_INVALID_ENV_NAME = "channels_ws_metrics.E015"
 E_EXPORT_BASIC_AUTH_INCOMPLETE = "channels_ws_metrics.E016"
 E_EXPORT_NO_RULE = "channels_ws_metrics.E017"
+E_MESSAGE_FLUSH_INTERVAL = "channels_ws_metrics.E018"
 
 _NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -95,6 +100,7 @@ class WebSocketMetricsSettings:
     connection_duration_buckets: tuple[float, ...] = DEFAULT_CONNECTION_DURATION_BUCKETS
     handshake_duration_buckets: tuple[float, ...] = DEFAULT_HANDSHAKE_DURATION_BUCKETS
     message_metrics: bool = True
+    message_flush_interval: float = DEFAULT_MESSAGE_FLUSH_INTERVAL
     message_size_histogram: bool = False
     message_size_buckets: tuple[float, ...] = DEFAULT_MESSAGE_SIZE_BUCKETS
     close_codes: tuple[int, ...] = ()
@@ -182,6 +188,29 @@ def _validate_bool(key: str, value: Any) -> list[CheckMessage]:
     if isinstance(value, bool):
         return []
     return [_type_error(key, "True or False", value, f"Set {_key(key)} = True or False.")]
+
+
+def _validate_message_flush_interval(value: Any) -> list[CheckMessage]:
+    key = "MESSAGE_FLUSH_INTERVAL"
+    if not _is_number(value):
+        return [
+            _type_error(
+                key,
+                "a number of seconds",
+                value,
+                f"Set {_key(key)} to a number of seconds above 0, for example {DEFAULT_MESSAGE_FLUSH_INTERVAL}.",
+            )
+        ]
+    if not (0 < value < math.inf):
+        return [
+            Error(
+                f"{_key(key)} must be a finite number of seconds above 0, got {value!r}.",
+                hint=f"Set it to how far behind, in seconds, the message and byte counters "
+                f"may be in multiprocess mode (default {DEFAULT_MESSAGE_FLUSH_INTERVAL}).",
+                id=E_MESSAGE_FLUSH_INTERVAL,
+            )
+        ]
+    return []
 
 
 def _validate_close_codes(value: Any) -> list[CheckMessage]:
@@ -501,6 +530,7 @@ _VALIDATORS: dict[str, Callable[[Any], list[CheckMessage]]] = {
         "HANDSHAKE_DURATION_BUCKETS", value, "seconds", "[0.01, 0.1, 1]"
     ),
     "MESSAGE_METRICS": lambda value: _validate_bool("MESSAGE_METRICS", value),
+    "MESSAGE_FLUSH_INTERVAL": _validate_message_flush_interval,
     "MESSAGE_SIZE_HISTOGRAM": lambda value: _validate_bool("MESSAGE_SIZE_HISTOGRAM", value),
     "MESSAGE_SIZE_BUCKETS": lambda value: _validate_buckets(
         "MESSAGE_SIZE_BUCKETS", value, "bytes", "[256, 4096, 65536]"
@@ -561,6 +591,7 @@ def build(raw: Mapping[str, Any], default_namespace: str = "") -> WebSocketMetri
             raw.get("HANDSHAKE_DURATION_BUCKETS", defaults.handshake_duration_buckets)
         ),
         message_metrics=raw.get("MESSAGE_METRICS", defaults.message_metrics),
+        message_flush_interval=float(raw.get("MESSAGE_FLUSH_INTERVAL", defaults.message_flush_interval)),
         message_size_histogram=raw.get("MESSAGE_SIZE_HISTOGRAM", defaults.message_size_histogram),
         message_size_buckets=tuple(raw.get("MESSAGE_SIZE_BUCKETS", defaults.message_size_buckets)),
         close_codes=tuple(raw.get("CLOSE_CODES", ())),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -33,11 +35,25 @@ OPERATIONS = {
     "setup": "setting up metrics for a connection",
     "handshake": "recording the handshake",
     "accept": "recording the accepted connection",
-    "message_received": "recording a received message",
-    "message_sent": "recording a sent message",
+    "message_received": "adding received messages to the counters",
+    "message_sent": "adding sent messages to the counters",
     "close": "recording the end of the connection",
     "exception": "counting the exception",
     "extra_label": "computing an extra label",
+    "message_flush": "starting the thread that flushes the message counts",
+}
+
+# The operation of the metric errors counter that a failed flush of each
+# of MessageCounts' four counts is reported under.
+MESSAGE_OPERATIONS = ("message_received", "message_received", "message_sent", "message_sent")
+
+# What a failure of these operations means, for the log; the others leave
+# the connection without the one update.
+_KEPT_FOR_NEXT_FLUSH = "The counts wait in memory and are added at the next flush."
+CONSEQUENCES = {
+    "message_received": _KEPT_FOR_NEXT_FLUSH,
+    "message_sent": _KEPT_FOR_NEXT_FLUSH,
+    "message_flush": "Message counts reach the counters only at scrapes and at the end of each connection.",
 }
 
 Message = dict[str, Any]
@@ -65,6 +81,70 @@ def fast_inc(child: Any) -> Callable[[float], None]:
 
 def _fast_inc_or_none(child: Any) -> Callable[[float], None] | None:
     return None if child is None else fast_inc(child)
+
+
+class MessageCounts:
+    """Messages and payload bytes of one connection, added to the counters in batches.
+
+    A locked counter update costs several times as much as adding to an
+    attribute, and the middleware would make four of them for every echoed
+    message. So the middleware only adds to these four integers, and
+    ``WebSocketMetrics.flush_messages()`` adds what they gained since the
+    previous flush to the route's counters: whenever the registry is
+    collected, every ``MESSAGE_FLUSH_INTERVAL`` seconds, and when the
+    connection ends.
+
+    Only the connection's own coroutine writes the four counts, and only a
+    flush, under the owner's flush lock, writes what was flushed, so a flush
+    from another thread neither loses nor repeats a message.
+    """
+
+    __slots__ = ("received", "received_bytes", "sent", "sent_bytes", "route_metrics", "_flushed")
+
+    def __init__(self, route_metrics: RouteMetrics) -> None:
+        self.received = 0
+        self.received_bytes = 0
+        self.sent = 0
+        self.sent_bytes = 0
+        self.route_metrics = route_metrics
+        self._flushed = (0, 0, 0, 0)
+
+    def flush(self) -> list[tuple[str, Exception]]:
+        """Add the counts gained since the last flush to the counters.
+
+        Call with the owner's flush lock held. A counter whose update raises
+        keeps its count for the next flush. Returns ``(operation, exception)``
+        for each operation with a failed update, once even when both its
+        counters failed, for the caller to report after releasing the lock.
+        """
+        # Read once: the connection may count another message meanwhile.
+        current = (self.received, self.received_bytes, self.sent, self.sent_bytes)
+        flushed = self._flushed
+        if current == flushed:
+            return []
+        failures: dict[str, Exception] = {}
+        done = list(flushed)
+        for index, inc in enumerate(self.route_metrics.message_incs):
+            delta = current[index] - flushed[index]
+            if not delta:
+                continue
+            try:
+                inc(delta)
+            except Exception as exc:
+                failures.setdefault(MESSAGE_OPERATIONS[index], exc)
+            else:
+                done[index] = current[index]
+        self._flushed = tuple(done)
+        return list(failures.items())
+
+    def move_unflushed_to(self, other: MessageCounts) -> None:
+        """Hand the counts not yet flushed to ``other``; call with the owner's flush lock held."""
+        flushed = self._flushed
+        other.received += self.received - flushed[0]
+        other.received_bytes += self.received_bytes - flushed[1]
+        other.sent += self.sent - flushed[2]
+        other.sent_bytes += self.sent_bytes - flushed[3]
+        self._flushed = (self.received, self.received_bytes, self.sent, self.sent_bytes)
 
 
 class RouteMetrics:
@@ -101,6 +181,19 @@ class RouteMetrics:
         self.count_sent = _fast_inc_or_none(bind(metrics.messages_sent_total))
         self.count_sent_bytes = _fast_inc_or_none(bind(metrics.sent_bytes_total))
         self.observe_sent_size = _bound_method(bind(metrics.message_size, SENT), "observe")
+        #: In the order of MessageCounts' counts, or None with MESSAGE_METRICS off.
+        self.message_incs: tuple[Callable[[float], None], ...] | None = None
+        if self.count_received is not None:
+            self.message_incs = (
+                self.count_received,
+                self.count_received_bytes,
+                self.count_sent,
+                self.count_sent_bytes,
+            )
+        #: Counts of ended connections whose last flush failed, retried at
+        #: every flush. One per route, so a storage that keeps failing does
+        #: not make memory grow with traffic.
+        self.unflushed_messages: MessageCounts | None = None
 
         self._closed_family = metrics.connections_closed_total
         # Keyed by (code label, initiator): at most a few dozen entries,
@@ -150,6 +243,19 @@ class WebSocketMetrics:
 
         extra = self.extra_labels.names
         collectors: list[Any] = []
+
+        # Connections' message counts not yet flushed, and the lock that
+        # makes each flush see and update them alone.
+        self._message_counts: set[MessageCounts] = set()
+        self._flush_lock = threading.Lock()
+        self._flusher: _Flusher | None = None
+        self.message_flush_interval = settings.message_flush_interval
+        self._flush_hook: _FlushOnCollect | None = None
+        if settings.message_metrics and registry is not None:
+            # Registered ahead of the families: a registry collects in the
+            # order of registration, so every scrape flushes first.
+            self._flush_hook = _FlushOnCollect(self)
+            registry.register(self._flush_hook)
 
         def build(kind: type, name: str, documentation: str, labels: list[str], **options: Any) -> Any:
             family = kind(
@@ -269,7 +375,11 @@ class WebSocketMetrics:
 
     def failed(self, operation: str, exc: BaseException, description: str | None = None) -> None:
         """Log a failure to record a metric (rate-limited) and count it."""
-        report_failure(description or OPERATIONS[operation], exc)
+        consequence = CONSEQUENCES.get(operation)
+        if consequence is None:
+            report_failure(description or OPERATIONS[operation], exc)
+        else:
+            report_failure(description or OPERATIONS[operation], exc, consequence)
         with self._lock:
             self.pending_errors[operation] = self.pending_errors.get(operation, 0) + 1
         self.flush_errors()
@@ -289,6 +399,58 @@ class WebSocketMetrics:
             with self._lock:
                 for operation, count in unrecorded.items():
                     self.pending_errors[operation] = self.pending_errors.get(operation, 0) + count
+
+    def open_message_counts(self, route_metrics: RouteMetrics) -> MessageCounts | None:
+        """Start counting one connection's messages; ``None`` with ``MESSAGE_METRICS`` off."""
+        if route_metrics.message_incs is None:
+            return None
+        counts = MessageCounts(route_metrics)
+        self._message_counts.add(counts)
+        flusher = self._flusher
+        # A forked worker inherits the attribute but not the thread.
+        if flusher is None or not flusher.is_alive():
+            self._start_flusher()
+        return counts
+
+    def close_message_counts(self, counts: MessageCounts) -> None:
+        """Flush one connection's message counts for the last time and stop tracking them."""
+        with self._flush_lock:
+            self._message_counts.discard(counts)
+            failures = counts.flush()
+            if failures:
+                route_metrics = counts.route_metrics
+                if route_metrics.unflushed_messages is None:
+                    route_metrics.unflushed_messages = MessageCounts(route_metrics)
+                counts.move_unflushed_to(route_metrics.unflushed_messages)
+                self._message_counts.add(route_metrics.unflushed_messages)
+        self._report(failures)
+
+    def flush_messages(self) -> None:
+        """Add the messages and bytes that connections counted since the last flush to the counters."""
+        with self._flush_lock:
+            # A copy, because connections come and go while this runs in
+            # another thread.
+            failures = [failure for counts in list(self._message_counts) for failure in counts.flush()]
+        self._report(failures)
+
+    def _report(self, failures: list[tuple[str, Exception]]) -> None:
+        for operation, exc in failures:
+            self.failed(operation, exc)
+
+    def _start_flusher(self) -> None:
+        with self._flush_lock:
+            if self._flusher is not None and self._flusher.is_alive():
+                return
+            flusher = _Flusher(self, self.message_flush_interval)
+            try:
+                flusher.start()
+            except RuntimeError as exc:
+                # The counts still reach the counters at every scrape and
+                # when connections end; the next connection tries again.
+                self.failed("message_flush", exc)
+                return
+            self._flusher = flusher
+        _flushed_at_exit.add(self)
 
     def _extra_label_failed(self, name: str, exc: BaseException) -> None:
         self.failed("extra_label", exc, f"EXTRA_LABELS[{name!r}] callable")
@@ -312,13 +474,82 @@ class WebSocketMetrics:
 
     def unregister(self) -> None:
         """Remove these families from their registry so another set can take the names."""
+        if self._flusher is not None:
+            self._flusher.stop()
         if self.registry is None:
             return
-        for collector in self.collectors:
+        hook = () if self._flush_hook is None else (self._flush_hook,)
+        for collector in (*hook, *self.collectors):
             try:
                 self.registry.unregister(collector)
             except KeyError:
                 pass
+
+
+class _FlushOnCollect:
+    """A collector with no metrics that flushes the message counts when the registry collects."""
+
+    def __init__(self, metrics: WebSocketMetrics) -> None:
+        # Weak, so that the registry does not keep replaced metrics alive.
+        self._metrics = weakref.ref(metrics)
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.flush_messages()
+        return iter(())
+
+
+class _Flusher(threading.Thread):
+    """Daemon thread that flushes one WebSocketMetrics' message counts every ``interval`` seconds.
+
+    Scrapes of this process flush anyway; the thread is for what the
+    scrapes cannot reach: other processes' counts in multiprocess mode and
+    registries collected by name.
+    """
+
+    def __init__(self, metrics: WebSocketMetrics, interval: float) -> None:
+        super().__init__(name="channels_ws_metrics-flusher", daemon=True)
+        # Weak, so that metrics replaced after a settings change, or built by
+        # a test, end their thread once nothing else uses them.
+        self._metrics = weakref.ref(metrics)
+        self.interval = interval
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            metrics = self._metrics()
+            if metrics is None:
+                return
+            try:
+                metrics.flush_messages()
+            except Exception as exc:
+                # flush_messages() reports failed counter updates itself;
+                # this is anything else, and the next round tries again.
+                report_failure("flushing the message counts", exc)
+            del metrics
+
+    def stop(self) -> None:
+        """Ask the thread to end; it ends within ``interval`` seconds."""
+        self._stopped.set()
+
+
+# Metrics whose connections may hold counts at interpreter exit: a worker
+# that exits with connections still open (a server's shutdown timeout, for
+# one) writes them to the multiprocess files before it goes.
+_flushed_at_exit: weakref.WeakSet[WebSocketMetrics] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for metrics in list(_flushed_at_exit):
+        try:
+            metrics.flush_messages()
+        except Exception as exc:
+            report_failure("flushing the message counts at exit", exc)
 
 
 _lock = threading.Lock()

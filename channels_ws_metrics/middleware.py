@@ -105,17 +105,21 @@ class WebSocketMetricsMiddleware:
         # the client leaving, not a failure of the application.
         send_error: OSError | None = None
 
-        # Bound once per connection so that the per-message path below only
-        # calls what it needs: no attribute or dictionary lookups.
-        count_received = route_metrics.count_received
-        count_received_bytes = route_metrics.count_received_bytes
+        # The per-message path adds to these plain counts, which reach the
+        # counters in batches (see MessageCounts), and calls only what is
+        # bound here: no other attribute or dictionary lookups.
+        owner = route_metrics.owner
+        failed = owner.failed
+        try:
+            counts = owner.open_message_counts(route_metrics)
+        except Exception as exc:
+            # The connection goes on without message counts rather than fail.
+            failed("setup", exc)
+            counts = None
         observe_received_size = route_metrics.observe_received_size
-        count_sent = route_metrics.count_sent
-        count_sent_bytes = route_metrics.count_sent_bytes
         observe_sent_size = route_metrics.observe_sent_size
-        measure_received = count_received is not None or observe_received_size is not None
-        measure_sent = count_sent is not None or observe_sent_size is not None
-        failed = route_metrics.owner.failed
+        measure_received = counts is not None or observe_received_size is not None
+        measure_sent = counts is not None or observe_sent_size is not None
 
         def decide(outcome: str, now: float) -> None:
             nonlocal decided
@@ -152,9 +156,9 @@ class WebSocketMetricsMiddleware:
                             size = len(text)
                         else:
                             size = len(text.encode("utf-8", "surrogatepass"))
-                        if count_received is not None:
-                            count_received(1)
-                            count_received_bytes(size)
+                        if counts is not None:
+                            counts.received += 1
+                            counts.received_bytes += size
                         if observe_received_size is not None:
                             observe_received_size(size)
                     except Exception as exc:
@@ -187,9 +191,9 @@ class WebSocketMetricsMiddleware:
                             size = len(text)
                         else:
                             size = len(text.encode("utf-8", "surrogatepass"))
-                        if count_sent is not None:
-                            count_sent(1)
-                            count_sent_bytes(size)
+                        if counts is not None:
+                            counts.sent += 1
+                            counts.sent_bytes += size
                         if observe_sent_size is not None:
                             observe_sent_size(size)
                     except Exception as exc:
@@ -294,5 +298,11 @@ class WebSocketMetricsMiddleware:
                 except Exception as exc:
                     failed("exception", exc)
 
-            if route_metrics.owner.pending_errors:
-                route_metrics.owner.flush_errors()
+            if counts is not None:
+                try:
+                    owner.close_message_counts(counts)
+                except Exception as exc:
+                    failed("close", exc)
+
+            if owner.pending_errors:
+                owner.flush_errors()

@@ -12,6 +12,9 @@ logger = logging.getLogger("channels_ws_metrics")
 #: Seconds between two log records of the same kind.
 LOG_INTERVAL = 60.0
 
+#: What a failure to record a metric means, unless the caller says otherwise.
+CONNECTION_GOES_ON = "The WebSocket connection goes on without it."
+
 
 class RateLimiter:
     """Admit one event of each kind per ``interval`` seconds and count the rest.
@@ -53,15 +56,16 @@ class FailureLog(RateLimiter):
     states how many repeats it stands for, instead of flooding the log.
     """
 
-    def __call__(self, kind: str, exc: BaseException) -> None:
+    def __call__(self, kind: str, exc: BaseException, consequence: str = CONNECTION_GOES_ON) -> None:
         suppressed = self.admit(kind)
         if suppressed is None:
             return
         logger.error(
-            "channels_ws_metrics: %s failed: %s: %s. The WebSocket connection goes on without it.%s",
+            "channels_ws_metrics: %s failed: %s: %s. %s%s",
             kind,
             type(exc).__name__,
             exc,
+            consequence,
             suppressed_note(suppressed, "failures"),
             exc_info=exc,
         )

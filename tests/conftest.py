@@ -4,7 +4,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from channels_ws_metrics.conf import WebSocketMetricsSettings
 from channels_ws_metrics.metrics import WebSocketMetrics
+
+# Longer than any test, so that the background flush of message counts
+# never runs during one and each flush a test sees is one it caused: a
+# scrape or the end of a connection.
+NO_TIMED_FLUSH = WebSocketMetricsSettings(message_flush_interval=3600.0)
 
 
 @pytest.fixture
@@ -14,7 +20,7 @@ def registry() -> CollectorRegistry:
 
 @pytest.fixture
 def metrics(registry: CollectorRegistry) -> WebSocketMetrics:
-    return WebSocketMetrics(registry)
+    return WebSocketMetrics(registry, NO_TIMED_FLUSH)
 
 
 class Samples:

@@ -19,6 +19,7 @@ from channels_ws_metrics.conf import (
     E_LABEL_NAME_RESERVED,
     E_LABEL_NOT_CALLABLE,
     E_MAX_LABEL_VALUES,
+    E_MESSAGE_FLUSH_INTERVAL,
     E_NOT_A_DICT,
     E_SKIP_PATH_REGEX,
     E_UNKNOWN_KEY,
@@ -48,6 +49,7 @@ ERROR_CASES = {
     E_EXPORT_INVALID_ENV_NAME: {"EXPORT": {"BEARER_TOKEN_ENV": "not a name"}},
     E_EXPORT_BASIC_AUTH_INCOMPLETE: {"EXPORT": {"BASIC_AUTH_USERNAME": "prometheus"}},
     E_EXPORT_NO_RULE: {"EXPORT": {}},
+    E_MESSAGE_FLUSH_INTERVAL: {"MESSAGE_FLUSH_INTERVAL": 0},
 }
 
 
@@ -82,6 +84,7 @@ def test_check_every_key_has_a_valid_example():
         "CONNECTION_DURATION_BUCKETS": [1, 60],
         "HANDSHAKE_DURATION_BUCKETS": (0.01, 0.1),
         "MESSAGE_METRICS": False,
+        "MESSAGE_FLUSH_INTERVAL": 0.25,
         "MESSAGE_SIZE_HISTOGRAM": True,
         "MESSAGE_SIZE_BUCKETS": [128, 1024],
         "CLOSE_CODES": [3000, 4999],
@@ -174,6 +177,25 @@ def test_check_buckets_hint_shows_sorted_bounds():
 @pytest.mark.parametrize("value", [1, "True", None])
 def test_check_flag_wrong_type(key, value):
     assert ids_for({key: value}) == [E_WRONG_TYPE]
+
+
+@pytest.mark.parametrize("value", ["1", None, True, float("nan"), [1]])
+def test_check_message_flush_interval_wrong_type(value):
+    assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == [E_WRONG_TYPE]
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, float("inf")])
+def test_check_message_flush_interval_out_of_range(value):
+    assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == [E_MESSAGE_FLUSH_INTERVAL]
+
+
+def test_check_message_flush_interval_message():
+    (error,) = errors_for({"MESSAGE_FLUSH_INTERVAL": -2})
+
+    assert error.msg == "CHANNELS_WS_METRICS['MESSAGE_FLUSH_INTERVAL'] must be a finite number of seconds above 0, got -2."
+    assert error.hint == (
+        "Set it to how far behind, in seconds, the message and byte counters may be in multiprocess mode (default 1.0)."
+    )
 
 
 @pytest.mark.parametrize("value", [4001, ["4001"], [True], "4001"])

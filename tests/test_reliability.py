@@ -20,6 +20,7 @@ from channels_ws_metrics.metrics import WebSocketMetrics
 from channels_ws_metrics.ratelimit import FailureLog, report_failure
 
 from .asgi_apps import router
+from .conftest import NO_TIMED_FLUSH
 
 pytestmark = pytest.mark.asyncio
 
@@ -68,18 +69,22 @@ async def test_metric_errors_count_failed_updates(metrics, samples, monkeypatch)
     def fail(amount=1):
         raise TypeError("broken child")
 
-    monkeypatch.setattr(route_metrics, "count_received", fail)
+    monkeypatch.setattr(route_metrics, "message_incs", (fail, *route_metrics.message_incs[1:]))
 
     await echo_once(WebSocketMetricsMiddleware(router(), metrics=metrics))
     await echo_once(WebSocketMetricsMiddleware(router(), metrics=metrics))
 
-    assert samples("django_websocket_metric_errors_total", operation="message_received") == 2.0
+    # A failed flush at the end of each connection, and one more from this
+    # scrape, which flushes before it reads the counters.
+    assert metrics.pending_errors == {}
+    assert samples("django_websocket_metric_errors_total", operation="message_received") == 3.0
     assert samples("django_websocket_messages_sent_total", **ECHO) == 2.0
+    assert samples("django_websocket_received_bytes_total", **ECHO) == 8.0
 
 
 async def test_metric_errors_wait_in_memory_while_storage_fails(registry, samples, monkeypatch, caplog):
     storage = StorageSwitch(monkeypatch)
-    metrics = WebSocketMetrics(registry)
+    metrics = WebSocketMetrics(registry, NO_TIMED_FLUSH)
     application = WebSocketMetricsMiddleware(router(), metrics=metrics)
 
     storage.broken = True
@@ -100,8 +105,8 @@ async def test_metric_errors_wait_in_memory_while_storage_fails(registry, sample
     assert {record.args[0] for record in caplog.records} == {
         "recording the handshake",
         "recording the accepted connection",
-        "recording a received message",
-        "recording a sent message",
+        "adding received messages to the counters",
+        "adding sent messages to the counters",
         "recording the end of the connection",
     }
     assert all("metric storage failed" in record.getMessage() for record in caplog.records)
@@ -113,6 +118,9 @@ async def test_metric_errors_wait_in_memory_while_storage_fails(registry, sample
     assert samples("django_websocket_metric_errors_total", operation="close") == 2.0
     assert samples("django_websocket_connections_active", **ECHO) == 0.0
     assert samples("django_websocket_connections_total", **ECHO) == 1.0
+    # The first connection's messages waited in memory too.
+    assert samples("django_websocket_messages_received_total", **ECHO) == 2.0
+    assert samples("django_websocket_sent_bytes_total", **ECHO) == 8.0
 
 
 async def test_metric_errors_log_at_most_once_per_interval(metrics, monkeypatch, caplog):

@@ -51,8 +51,15 @@ async def test_daphne_fleet_periodic_sweep_after_kill(fleet):
         for websocket in connections[:10]:
             await send_and_receive(websocket, 2)
 
+        # Each worker adds its message counts to the shared files within
+        # MESSAGE_FLUSH_INTERVAL (one second), so the messages may show up
+        # a little after the connections.
         def all_open(m):
-            return m.value(ACTIVE, route=ECHO_ROUTE) >= 10 and m.value(ACTIVE, route=TEST_ROUTE) >= 1
+            return (
+                m.value(ACTIVE, route=ECHO_ROUTE) >= 10
+                and m.value(ACTIVE, route=TEST_ROUTE) >= 1
+                and m.value(RECEIVED, route=ECHO_ROUTE) >= 20
+            )
 
         from_survivor = await survivor.scrape_until(all_open)
         from_victim = await victim.scrape_until(all_open)

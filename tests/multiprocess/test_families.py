@@ -35,8 +35,12 @@ HANDSHAKE_COUNT = "django_websocket_handshake_duration_seconds_count"
 CLOSED = "django_websocket_connections_closed_total"
 
 
-# Every optional family switched on, so every family is checked.
-ALL_FAMILIES = WebSocketMetricsSettings(message_metrics=True, message_size_histogram=True)
+# Every optional family switched on, so every family is checked. The
+# simulated workers flush their message counts when a test says so, as the
+# flush thread of a real worker would every MESSAGE_FLUSH_INTERVAL.
+ALL_FAMILIES = WebSocketMetricsSettings(
+    message_metrics=True, message_size_histogram=True, message_flush_interval=3600.0
+)
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> WebSocketMetrics:
@@ -181,6 +185,8 @@ async def test_multiprocess_sums_workers(workers, dead_pid):
         metrics_b = build_metrics()
         for _ in range(3):
             open_connections.append(await open_echo(metrics_b, messages=3))
+    metrics_a.flush_messages()
+    metrics_b.flush_messages()
     try:
         merged = workers.collect()
     finally:
@@ -200,11 +206,14 @@ async def test_multiprocess_sums_workers(workers, dead_pid):
 async def test_sweep_keeps_dead_worker_counters(workers, dead_pid):
     open_connections = []
     with workers.running_as(os.getpid()):
-        open_connections.append(await open_echo(build_metrics(), messages=1))
+        metrics_a = build_metrics()
+        open_connections.append(await open_echo(metrics_a, messages=1))
     with workers.running_as(dead_pid):
         metrics_b = build_metrics()
         for _ in range(2):
             open_connections.append(await open_echo(metrics_b, messages=2))
+    metrics_a.flush_messages()
+    metrics_b.flush_messages()
     try:
         before = workers.collect()
         removed = remove_dead_live_gauges(str(workers.directory))
