@@ -15,8 +15,8 @@ The server is pinned to one CPU and this process to the others when there
 are at least two (``--no-pin`` turns that off). Each round prints how busy
 the server and the client were: on a quiet machine the server should be
 near 100 %. Prints one JSON object: per variant the CPU microseconds per
-echoed message of every round, their median, and the ratios of the
-medians.
+echoed message of every round, their median, the ratios of the
+medians and a 95 % bootstrap interval of each ratio.
 
     python benchmarks/e2e.py --servers uvicorn,daphne --rounds 9
 """
@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -103,6 +104,30 @@ def divide(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
+def ratio_interval(numerators: list[float], denominators: list[float], resamples: int = 2000) -> list[float] | None:
+    """Return the 95 % bootstrap interval of median(numerators) / median(denominators).
+
+    Rounds are resampled as pairs, because the variants of one round ran
+    back to back on the same machine state. Returns None for fewer than
+    three rounds. The random generator has a fixed seed, so the same rounds
+    always give the same interval.
+    """
+    count = len(numerators)
+    if count < 3 or len(denominators) != count:
+        return None
+    generator = random.Random(0)
+    ratios = []
+    for _ in range(resamples):
+        picks = [generator.randrange(count) for _ in range(count)]
+        denominator = statistics.median(denominators[index] for index in picks)
+        if denominator > 0:
+            ratios.append(statistics.median(numerators[index] for index in picks) / denominator)
+    if not ratios:
+        return None
+    ratios.sort()
+    return [ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]]
+
+
 def rotate(items: tuple[str, ...], offset: int) -> list[str]:
     offset %= len(items)
     return list(items[offset:] + items[:offset])
@@ -166,6 +191,11 @@ def benchmark_server_kind(
             "peer_to_bare": divide(median["peer"], median["bare"]),
             "app_to_bare": divide(median["app"], median["bare"]),
             "app_to_peer": divide(median["app"], median["peer"]),
+        },
+        "ratio_intervals": {
+            "peer_to_bare": ratio_interval(per_message["peer"], per_message["bare"]),
+            "app_to_bare": ratio_interval(per_message["app"], per_message["bare"]),
+            "app_to_peer": ratio_interval(per_message["app"], per_message["peer"]),
         },
     }
 

@@ -78,25 +78,47 @@ def plot_inprocess(axes: Any, inprocess: dict[str, Any], limits: dict[str, float
     axes.legend(fontsize=7)
 
 
-def plot_e2e(axes: Any, e2e: dict[str, Any] | None, limits: dict[str, float]) -> None:
-    title = "End to end: ratios of server CPU per echoed message"
-    servers = (e2e or {}).get("servers") or {}
-    if not servers:
+def plot_e2e(axes: Any, e2e: dict[str, Any] | None, instructions: dict[str, Any] | None, limits: dict[str, float]) -> None:
+    title = "End to end: ratios per echoed message, server CPU time and instructions"
+    cpu_servers = (e2e or {}).get("servers") or {}
+    instruction_servers = (instructions or {}).get("servers") or {}
+    if not cpu_servers and not instruction_servers:
         _not_run(axes, title)
         return
 
-    kinds = list(servers)
+    kinds = [kind for kind in ("uvicorn", "daphne") if kind in cpu_servers or kind in instruction_servers]
     positions = range(len(kinds))
-    width = 0.27
-    # A ratio is None when a round was too short to measure, and matplotlib
-    # leaves NaN bars out.
-    series = {
-        label: [servers[kind]["ratios"][key] or math.nan for kind in kinds]
-        for label, key in (("peer / bare", "peer_to_bare"), ("app / bare", "app_to_bare"), ("app / peer", "app_to_peer"))
-    }
-    for index, (label, values) in enumerate(series.items()):
-        offset = (index - 1) * width
-        _label_bars(axes, axes.bar([p + offset for p in positions], values, width, label=label))
+    ratio_keys = (("app / bare", "app_to_bare"), ("app / peer", "app_to_peer"))
+    width = 0.2
+    values: list[float] = []
+    index = 0
+    for source, servers, hatch in (("CPU", cpu_servers, None), ("instructions", instruction_servers, "//")):
+        for label, key in ratio_keys:
+            # A ratio is None when a round was too short to measure, and
+            # matplotlib leaves NaN bars out.
+            heights = [(servers.get(kind) or {}).get("ratios", {}).get(key) or math.nan for kind in kinds]
+            errors = None
+            if source == "CPU":
+                intervals = [(servers.get(kind) or {}).get("ratio_intervals", {}).get(key) for kind in kinds]
+                errors = [
+                    [height - interval[0] if interval else 0.0 for height, interval in zip(heights, intervals)],
+                    [interval[1] - height if interval else 0.0 for height, interval in zip(heights, intervals)],
+                ]
+                values += [bound for interval in intervals if interval for bound in interval]
+            offset = (index - 1.5) * width
+            bars = axes.bar(
+                [p + offset for p in positions],
+                heights,
+                width,
+                yerr=errors,
+                capsize=3,
+                hatch=hatch,
+                color=f"C{index % 2 + 1}",
+                label=f"{label}, {source}",
+            )
+            _label_bars(axes, bars)
+            values += [height for height in heights if not math.isnan(height)]
+            index += 1
     axes.axhline(1.0, color="black", linewidth=0.8)
     bare_limit = limits.get("e2e_uvicorn_app_to_bare")
     peer_limit = limits.get("e2e_uvicorn_app_to_peer")
@@ -106,13 +128,12 @@ def plot_e2e(axes: Any, e2e: dict[str, Any] | None, limits: dict[str, float]) ->
 
     # Bars start at the bottom of the axis, so the interesting part, a few
     # percent around 1.0, is what the axis shows.
-    values = [value for values in series.values() for value in values if not math.isnan(value)]
     lowest = min(values + [1.0])
     highest = max(values + [limit for limit in (bare_limit, peer_limit) if limit is not None] + [1.0])
     margin = max(0.02, (highest - lowest) * 0.2)
     axes.set_ylim(lowest - margin, highest + margin)
-    axes.set_ylabel("ratio")
-    axes.set_title(title)
+    axes.set_ylabel("ratio (CPU: median, 95 % interval)")
+    axes.set_title(title, fontsize=10)
     axes.legend(fontsize=7)
 
 
@@ -177,7 +198,7 @@ def plot_ratios(results: dict[str, Any], path: Path) -> None:
     limits = {budget["id"]: budget["limit"] for budget in results.get("budgets") or []}
     figure, grid = plt.subplots(2, 2, figsize=(12, 8.5))
     plot_inprocess(grid[0][0], results.get("inprocess") or {}, limits)
-    plot_e2e(grid[0][1], results.get("e2e"), limits)
+    plot_e2e(grid[0][1], results.get("e2e"), results.get("instructions"), limits)
     plot_routes(grid[1][0], (results.get("scale") or {}).get("routes"), limits)
     plot_open_connections(grid[1][1], (results.get("scale") or {}).get("connections"))
 

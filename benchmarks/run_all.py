@@ -1,7 +1,7 @@
 """Run every benchmark, print the tables and the budget lines, and save the results.
 
-Runs inprocess.py once per variant, then e2e.py and scale.py, each in a
-fresh process. Prints the machine description and Markdown tables, and
+Runs inprocess.py once per variant, then e2e.py, instructions.py (when
+valgrind is installed) and scale.py, each in a fresh process. Prints the machine description and Markdown tables, and
 writes ``docs/benchmarks/results.json`` (every number, the configuration
 and the machine) and ``docs/benchmarks/ratios.png``. A missed budget is
 reported, not an error. The exit code is 1 only when a benchmark failed
@@ -21,6 +21,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,12 +42,13 @@ QUICK_ARGUMENTS = {
         "--route-connections", "300", "--route-rounds", "2",
         "--servers", "uvicorn", "--open-counts", "20,200", "--open-rounds", "1", "--timeout", "30",
     ],
+    "instructions": ["--servers", "uvicorn", "--connections", "2", "--messages", "10,30"],
 }  # fmt: skip
 
 # Seconds a benchmark process may run before it is killed and reported as
 # failed: several times what it takes with its default sizes.
-FULL_TIMEOUTS = {"inprocess": 600, "e2e": 1800, "scale": 1800}
-QUICK_TIMEOUTS = {"inprocess": 120, "e2e": 180, "scale": 180}
+FULL_TIMEOUTS = {"inprocess": 600, "e2e": 1800, "scale": 1800, "instructions": 3600}
+QUICK_TIMEOUTS = {"inprocess": 120, "e2e": 180, "scale": 180, "instructions": 600}
 # Seconds a timed-out benchmark gets to stop its servers after SIGTERM.
 STOP_TIMEOUT = 60
 
@@ -185,8 +187,13 @@ def run_everything(quick: bool) -> dict[str, Any]:
         if report is not None:
             inprocess[variant] = report
     e2e = attempt("e2e", "e2e", [])
+    if shutil.which("valgrind") is None:
+        instructions = None
+        print("instructions: skipped, valgrind is not installed (Debian package 'valgrind')", file=sys.stderr)
+    else:
+        instructions = attempt("instructions", "instructions", [])
     scale = attempt("scale", "scale", [])
-    return {"inprocess": inprocess, "e2e": e2e, "scale": scale, "errors": errors}
+    return {"inprocess": inprocess, "e2e": e2e, "instructions": instructions, "scale": scale, "errors": errors}
 
 
 # Budgets
@@ -203,53 +210,98 @@ def _get(data: Any, *keys: Any) -> Any:
     return data
 
 
-# (id, description, path to the value in the results, limit). Each budget
-# passes when the value is at most the limit.
+# (id, description, path to the value in the results, limit, path to its
+# 95 % interval or None). A budget passes when the value is at most the
+# limit. With an interval, it passes only when the whole interval is at most
+# the limit, fails when the whole interval is above it, and is inconclusive
+# otherwise: the CPU-time ratios vary by several per cent between rounds.
 BUDGETS = (
     (
         "inprocess_message_default",
         "In process, per echoed message, default settings: (wrapped - bare) / minimal",
         ("inprocess", "default", "message_ratio"),
         1.3,
+        None,
     ),
     (
         "inprocess_connection_default",
         "In process, per connection, default settings: (wrapped - bare) / minimal",
         ("inprocess", "default", "connection_ratio"),
         2.0,
+        None,
     ),
     (
         "e2e_uvicorn_app_to_bare",
         "End to end, uvicorn: server CPU per message, app / bare",
         ("e2e", "servers", "uvicorn", "ratios", "app_to_bare"),
         1.03,
+        ("e2e", "servers", "uvicorn", "ratio_intervals", "app_to_bare"),
     ),
     (
         "e2e_uvicorn_app_to_peer",
         "End to end, uvicorn: server CPU per message, app / peer",
         ("e2e", "servers", "uvicorn", "ratios", "app_to_peer"),
         1.02,
+        ("e2e", "servers", "uvicorn", "ratio_intervals", "app_to_peer"),
     ),
     (
         "e2e_daphne_app_to_peer",
         "End to end, daphne: server CPU per message, app / peer",
         ("e2e", "servers", "daphne", "ratios", "app_to_peer"),
         1.02,
+        ("e2e", "servers", "daphne", "ratio_intervals", "app_to_peer"),
+    ),
+    (
+        "instructions_uvicorn_app_to_bare",
+        "End to end, uvicorn: server instructions per message, app / bare",
+        ("instructions", "servers", "uvicorn", "ratios", "app_to_bare"),
+        1.03,
+        None,
+    ),
+    (
+        "instructions_uvicorn_app_to_peer",
+        "End to end, uvicorn: server instructions per message, app / peer",
+        ("instructions", "servers", "uvicorn", "ratios", "app_to_peer"),
+        1.02,
+        None,
+    ),
+    (
+        "instructions_daphne_app_to_peer",
+        "End to end, daphne: server instructions per message, app / peer",
+        ("instructions", "servers", "daphne", "ratios", "app_to_peer"),
+        1.02,
+        None,
     ),
 )
 
 
+def judge(value: float | None, limit: float, interval: list[float] | None) -> str:
+    """Return "pass", "FAIL", "inconclusive" or "not measured" for one budget."""
+    if value is None:
+        return "not measured"
+    if interval is None:
+        return "pass" if value <= limit else "FAIL"
+    low, high = interval
+    if high <= limit:
+        return "pass"
+    if low > limit:
+        return "FAIL"
+    return "inconclusive"
+
+
 def judge_budgets(results: dict[str, Any]) -> list[dict[str, Any]]:
     judged = []
-    for budget_id, description, path, limit in BUDGETS:
+    for budget_id, description, path, limit, interval_path in BUDGETS:
         value = _get(results, *path)
+        interval = None if interval_path is None else _get(results, *interval_path)
         judged.append(
             {
                 "id": budget_id,
                 "description": description,
                 "value": value,
+                "interval": interval,
                 "limit": limit,
-                "passed": None if value is None else value <= limit,
+                "result": judge(value, limit, interval),
             }
         )
     return judged
@@ -290,6 +342,17 @@ def format_machine(machine: dict[str, Any]) -> str:
         f"- Load average at start / end: {machine.get('load_average_at_start')} / {machine.get('load_average_at_end')}",
     ]
     return "\n".join(lines)
+
+
+def format_value(budget: dict[str, Any]) -> str:
+    value, interval = budget["value"], budget["interval"]
+    if value is None:
+        return "n/a"
+    digits = 3 if budget["id"].startswith("instructions_") else 2
+    text = f"{value:.{digits}f}"
+    if interval is not None:
+        text += f" ({interval[0]:.{digits}f} to {interval[1]:.{digits}f})"
+    return text
 
 
 def format_report(results: dict[str, Any]) -> str:
@@ -384,16 +447,31 @@ def format_report(results: dict[str, Any]) -> str:
     for reason in _get(results, "scale", "skipped") or []:
         sections.append(f"Skipped: {reason}")
 
-    budget_rows = [
-        [
-            budget["description"],
-            budget["value"],
-            f"<= {budget['limit']}",
-            {True: "pass", False: "FAIL", None: "not measured"}[budget["passed"]],
+    instruction_servers = _get(results, "instructions", "servers") or {}
+    if instruction_servers:
+        config = results["instructions"]["config"]
+        rows = []
+        for kind, server in instruction_servers.items():
+            per_message = {variant: data["instructions_per_message"] for variant, data in server["variants"].items()}
+            ratios = server["ratios"]
+            rows.append(
+                [
+                    kind, f"{per_message['bare']:,.0f}", f"{per_message['peer']:,.0f}", f"{per_message['app']:,.0f}",
+                    f"{ratios['peer_to_bare']:.3f}", f"{ratios['app_to_bare']:.3f}", f"{ratios['app_to_peer']:.3f}",
+                ]
+            )  # fmt: skip
+        short, long = config["messages"]
+        sections += [
+            f"## End to end under callgrind (server instructions per echoed message; {config['connections']} "
+            f"connections, {long} minus {short} messages each)",
+            format_table(["server", "bare", "peer", "app", "peer / bare", "app / bare", "app / peer"], rows),
         ]
+
+    budget_rows = [
+        [budget["description"], format_value(budget), f"<= {budget['limit']}", budget["result"]]
         for budget in results["budgets"]
     ]
-    sections += ["## Budgets", format_table(["budget", "value", "limit", "result"], budget_rows)]
+    sections += ["## Budgets", format_table(["budget", "value (95 % interval)", "limit", "result"], budget_rows)]
 
     if results["quick"]:
         sections.append("BENCH_QUICK=1: smoke sizes. These numbers only show that every benchmark runs.")
@@ -423,7 +501,7 @@ def main() -> None:
     print(format_machine(machine), file=sys.stderr)
 
     results = {
-        "schema": 1,
+        "schema": 2,
         "quick": arguments.quick,
         "started_at": started_at.isoformat(timespec="seconds"),
         "machine": machine,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -47,8 +48,8 @@ OPERATIONS = {
 # of MessageCounts' four counts is reported under.
 MESSAGE_OPERATIONS = ("message_received", "message_received", "message_sent", "message_sent")
 
-# What a failure of these operations means, for the log; the others leave
-# the connection without the one update.
+# The last sentence of the log record for a failure of these operations.
+# A failure of any other operation loses that one update.
 _KEPT_FOR_NEXT_FLUSH = "The counts wait in memory and are added at the next flush."
 CONSEQUENCES = {
     "message_received": _KEPT_FOR_NEXT_FLUSH,
@@ -138,7 +139,7 @@ class MessageCounts:
         return list(failures.items())
 
     def move_unflushed_to(self, other: MessageCounts) -> None:
-        """Hand the counts not yet flushed to ``other``; call with the owner's flush lock held."""
+        """Move the counts not yet flushed to ``other``. Call with the owner's flush lock held."""
         flushed = self._flushed
         other.received += self.received - flushed[0]
         other.received_bytes += self.received_bytes - flushed[1]
@@ -401,19 +402,22 @@ class WebSocketMetrics:
                     self.pending_errors[operation] = self.pending_errors.get(operation, 0) + count
 
     def open_message_counts(self, route_metrics: RouteMetrics) -> MessageCounts | None:
-        """Start counting one connection's messages; ``None`` with ``MESSAGE_METRICS`` off."""
+        """Start counting one connection's messages, or return ``None`` when ``MESSAGE_METRICS`` is off."""
         if route_metrics.message_incs is None:
             return None
         counts = MessageCounts(route_metrics)
         self._message_counts.add(counts)
-        flusher = self._flusher
-        # A forked worker inherits the attribute but not the thread.
-        if flusher is None or not flusher.is_alive():
+        if self._flusher is None:
             self._start_flusher()
         return counts
 
     def close_message_counts(self, counts: MessageCounts) -> None:
         """Flush one connection's message counts for the last time and stop tracking them."""
+        if not (counts.received or counts.sent):
+            # Nothing was counted, so no flush, here or in another thread,
+            # has anything to add: the lock is not needed.
+            self._message_counts.discard(counts)
+            return
         with self._flush_lock:
             self._message_counts.discard(counts)
             failures = counts.flush()
@@ -439,18 +443,18 @@ class WebSocketMetrics:
 
     def _start_flusher(self) -> None:
         with self._flush_lock:
-            if self._flusher is not None and self._flusher.is_alive():
+            if self._flusher is not None:
                 return
             flusher = _Flusher(self, self.message_flush_interval)
             try:
                 flusher.start()
             except RuntimeError as exc:
                 # The counts still reach the counters at every scrape and
-                # when connections end; the next connection tries again.
+                # when connections end, and the next connection tries again.
                 self.failed("message_flush", exc)
                 return
             self._flusher = flusher
-        _flushed_at_exit.add(self)
+        _with_flusher.add(self)
 
     def _extra_label_failed(self, name: str, exc: BaseException) -> None:
         self.failed("extra_label", exc, f"EXTRA_LABELS[{name!r}] callable")
@@ -506,9 +510,9 @@ class _FlushOnCollect:
 class _Flusher(threading.Thread):
     """Daemon thread that flushes one WebSocketMetrics' message counts every ``interval`` seconds.
 
-    Scrapes of this process flush anyway; the thread is for what the
-    scrapes cannot reach: other processes' counts in multiprocess mode and
-    registries collected by name.
+    Scrapes of this process flush anyway. The thread serves the readers
+    that do not: scrapes by another process in multiprocess mode, and
+    registries filtered by metric name.
     """
 
     def __init__(self, metrics: WebSocketMetrics, interval: float) -> None:
@@ -527,8 +531,8 @@ class _Flusher(threading.Thread):
             try:
                 metrics.flush_messages()
             except Exception as exc:
-                # flush_messages() reports failed counter updates itself;
-                # this is anything else, and the next round tries again.
+                # flush_messages() reports failed counter updates itself, so
+                # this is an unexpected error. The next round tries again.
                 report_failure("flushing the message counts", exc)
             del metrics
 
@@ -537,15 +541,26 @@ class _Flusher(threading.Thread):
         self._stopped.set()
 
 
-# Metrics whose connections may hold counts at interpreter exit: a worker
-# that exits with connections still open (a server's shutdown timeout, for
-# one) writes them to the multiprocess files before it goes.
-_flushed_at_exit: weakref.WeakSet[WebSocketMetrics] = weakref.WeakSet()
+# Metrics that started a flush thread, in this process or before a fork.
+_with_flusher: weakref.WeakSet[WebSocketMetrics] = weakref.WeakSet()
+
+
+def _forget_flushers() -> None:
+    # A forked child inherits the attribute but not the thread, so its
+    # first connection starts one.
+    for metrics in list(_with_flusher):
+        metrics._flusher = None
+
+
+os.register_at_fork(after_in_child=_forget_flushers)
 
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for metrics in list(_flushed_at_exit):
+    # A worker that exits with connections still open, for example after a
+    # server's shutdown timeout, writes their counts to the multiprocess
+    # files first.
+    for metrics in list(_with_flusher):
         try:
             metrics.flush_messages()
         except Exception as exc:

@@ -16,7 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
 from channels_ws_metrics.conf import WebSocketMetricsSettings
-from channels_ws_metrics.metrics import MessageCounts, WebSocketMetrics
+from channels_ws_metrics.metrics import MessageCounts, WebSocketMetrics, _forget_flushers
 
 from .asgi_apps import router
 from .conftest import NO_TIMED_FLUSH, Samples
@@ -136,6 +136,16 @@ async def test_message_counts_end_of_connection_stops_tracking(metrics):
 
 
 @pytest.mark.asyncio
+async def test_message_counts_end_without_messages_stops_tracking(metrics):
+    communicator = await open_echo(metrics)
+
+    await communicator.disconnect()
+
+    assert metrics._message_counts == set()
+    assert counter_value(metrics, "messages_received_total") == 0
+
+
+@pytest.mark.asyncio
 async def test_message_counts_ended_connection_waits_per_route(metrics, samples):
     route_metrics = metrics.for_route("ws/echo/")
     working = route_metrics.message_incs
@@ -211,21 +221,36 @@ async def test_message_counts_thread_flushes_open_connection():
 
 
 @pytest.mark.asyncio
-async def test_message_counts_thread_restarts_when_gone(metrics):
+async def test_message_counts_thread_restarts_after_fork(metrics):
     first = await open_echo(metrics)
-    dead = metrics._flusher
-    dead.stop()
-    dead.join(timeout=THREAD_WAIT_SECONDS)
+    inherited = metrics._flusher
 
-    # As in a forked worker, where the attribute survives but the thread does not.
+    # What a forked child runs: it has the attribute but not the thread.
+    _forget_flushers()
     second = await open_echo(metrics)
 
-    assert not dead.is_alive()
-    assert metrics._flusher is not dead
+    assert inherited is not None
+    assert metrics._flusher is not inherited
     assert metrics._flusher.is_alive()
     await first.disconnect()
     await second.disconnect()
     metrics.unregister()
+    inherited.stop()
+
+
+@pytest.mark.asyncio
+async def test_message_counts_thread_not_restarted_after_unregister(metrics):
+    first = await open_echo(metrics)
+    metrics.unregister()
+    stopped = metrics._flusher
+    stopped.join(timeout=THREAD_WAIT_SECONDS)
+
+    second = await open_echo(metrics)
+
+    assert metrics._flusher is stopped
+    assert not stopped.is_alive()
+    await first.disconnect()
+    await second.disconnect()
 
 
 @pytest.mark.asyncio
