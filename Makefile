@@ -43,10 +43,14 @@ soak: install
 	STORM_TIME_LIMIT=$${STORM_TIME_LIMIT:-600} \
 	$(PY) -m pytest tests/storm/test_storm.py $(PYTEST_ARGS)
 
-# Runs about 10-15 minutes on a quiet machine; BENCH_QUICK=1 shrinks every
-# size so the whole run takes under a minute. See docs/benchmarks.md.
+# Runs about 25 minutes on a quiet machine; BENCH_QUICK=1 shrinks every
+# size so the whole run takes about two minutes. See docs/benchmarks.md.
+# The instruction counts need valgrind: installed here when running as
+# root on Debian, and skipped with a message otherwise.
 bench: install
 	$(PY) -m pip install --quiet 'matplotlib>=3.7' 'psutil>=5.9'
+	command -v valgrind >/dev/null || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends valgrind; }
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -8,7 +8,7 @@ reported, not an error. The exit code is 1 only when a benchmark failed
 to run.
 
     python benchmarks/run_all.py
-    BENCH_QUICK=1 python benchmarks/run_all.py   # smoke sizes, well under a minute
+    BENCH_QUICK=1 python benchmarks/run_all.py   # smoke sizes, about two minutes
 
 ``make bench`` installs the packages and runs this script.
 """

@@ -44,6 +44,11 @@ DEFAULT_MAX_LABEL_VALUES = 50
 #: Seconds between two additions of the per-connection message counts to
 #: the counters by the background thread.
 DEFAULT_MESSAGE_FLUSH_INTERVAL = 1.0
+#: Bounds of that interval. Below the minimum the thread would spend more
+#: time waking up than flushing, and the maximum keeps the lag of the
+#: counters in multiprocess mode under an hour.
+MIN_MESSAGE_FLUSH_INTERVAL = 0.01
+MAX_MESSAGE_FLUSH_INTERVAL = 3600.0
 
 #: Labels this package sets itself, plus names Prometheus and the
 #: multiprocess collector give a meaning of their own.
@@ -198,13 +203,14 @@ def _validate_message_flush_interval(value: Any) -> list[CheckMessage]:
                 key,
                 "a number of seconds",
                 value,
-                f"Set {_key(key)} to a number of seconds above 0, for example {DEFAULT_MESSAGE_FLUSH_INTERVAL}.",
+                f"Set {_key(key)} to a number of seconds, for example {DEFAULT_MESSAGE_FLUSH_INTERVAL}.",
             )
         ]
-    if not (0 < value < math.inf):
+    if not MIN_MESSAGE_FLUSH_INTERVAL <= value <= MAX_MESSAGE_FLUSH_INTERVAL:
         return [
             Error(
-                f"{_key(key)} must be a finite number of seconds above 0, got {value!r}.",
+                f"{_key(key)} must be between {MIN_MESSAGE_FLUSH_INTERVAL} and "
+                f"{MAX_MESSAGE_FLUSH_INTERVAL} seconds, got {value!r}.",
                 hint=f"Set it to how far behind, in seconds, the message and byte counters "
                 f"may be in multiprocess mode (default {DEFAULT_MESSAGE_FLUSH_INTERVAL}).",
                 id=E_MESSAGE_FLUSH_INTERVAL,

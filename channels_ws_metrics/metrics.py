@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import threading
+from bisect import bisect_left
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -60,10 +62,6 @@ CONSEQUENCES = {
 Message = dict[str, Any]
 
 
-def _bound_method(child: Any, name: str) -> Callable[..., None] | None:
-    return None if child is None else getattr(child, name)
-
-
 def fast_inc(child: Any) -> Callable[[float], None]:
     """Return a function that adds its argument to a labelled counter or gauge child.
 
@@ -82,6 +80,45 @@ def fast_inc(child: Any) -> Callable[[float], None]:
 
 def _fast_inc_or_none(child: Any) -> Callable[[float], None] | None:
     return None if child is None else fast_inc(child)
+
+
+def fast_observe(child: Any) -> Callable[[float], None]:
+    """Return a function that observes an amount in a labelled histogram child.
+
+    ``Histogram.observe()`` checks that the metric is a labelled child, then
+    adds the amount to the sum and walks the bucket bounds in Python to add
+    one to the first bucket whose bound is at least the amount. The check
+    holds here by construction, and a binary search finds the same bucket.
+    """
+    # NOTE: ``_sum``, ``_buckets`` and ``_upper_bounds`` are internal to
+    # prometheus_client 0.26. A child that lacks them gets its public
+    # observe(). Exemplars, which this package does not use, need it too.
+    sum_value = getattr(child, "_sum", None)
+    buckets = getattr(child, "_buckets", None)
+    bounds = getattr(child, "_upper_bounds", None)
+    usable = (
+        callable(getattr(sum_value, "inc", None))
+        and isinstance(buckets, list)
+        and isinstance(bounds, list)
+        and len(buckets) == len(bounds) > 0
+        and bounds[-1] == math.inf
+        and all(callable(getattr(bucket, "inc", None)) for bucket in buckets)
+    )
+    if not usable:
+        return child.observe
+    add_to_sum = sum_value.inc
+    bucket_incs = tuple(bucket.inc for bucket in buckets)
+    sorted_bounds = tuple(bounds)
+
+    def observe(amount: float) -> None:
+        add_to_sum(amount)
+        bucket_incs[bisect_left(sorted_bounds, amount)](1)
+
+    return observe
+
+
+def _fast_observe_or_none(child: Any) -> Callable[[float], None] | None:
+    return None if child is None else fast_observe(child)
 
 
 class MessageCounts:
@@ -168,20 +205,20 @@ class RouteMetrics:
         #: Takes +1 at accept and -1 at the end of the connection.
         self.add_active = fast_inc(bind(metrics.connections_active))
         self.count_connection = fast_inc(bind(metrics.connections_total))
-        self.observe_duration = bind(metrics.connection_duration).observe
+        self.observe_duration = fast_observe(bind(metrics.connection_duration))
         self.count_handshake = {outcome: fast_inc(bind(metrics.handshakes_total, outcome)) for outcome in OUTCOMES}
         self.observe_handshake = {
-            outcome: bind(metrics.handshake_duration, outcome).observe for outcome in OUTCOMES
+            outcome: fast_observe(bind(metrics.handshake_duration, outcome)) for outcome in OUTCOMES
         }
 
         # None for a disabled family, so the per-message path can skip it
         # without a lookup.
         self.count_received = _fast_inc_or_none(bind(metrics.messages_received_total))
         self.count_received_bytes = _fast_inc_or_none(bind(metrics.received_bytes_total))
-        self.observe_received_size = _bound_method(bind(metrics.message_size, RECEIVED), "observe")
+        self.observe_received_size = _fast_observe_or_none(bind(metrics.message_size, RECEIVED))
         self.count_sent = _fast_inc_or_none(bind(metrics.messages_sent_total))
         self.count_sent_bytes = _fast_inc_or_none(bind(metrics.sent_bytes_total))
-        self.observe_sent_size = _bound_method(bind(metrics.message_size, SENT), "observe")
+        self.observe_sent_size = _fast_observe_or_none(bind(metrics.message_size, SENT))
         #: In the order of MessageCounts' counts, or None with MESSAGE_METRICS off.
         self.message_incs: tuple[Callable[[float], None], ...] | None = None
         if self.count_received is not None:
@@ -520,7 +557,10 @@ class _Flusher(threading.Thread):
         # Weak, so that metrics replaced after a settings change, or built by
         # a test, end their thread once nothing else uses them.
         self._metrics = weakref.ref(metrics)
-        self.interval = interval
+        # Event.wait() raises OverflowError past TIMEOUT_MAX. The settings
+        # check keeps the interval far below it, but settings built in code
+        # skip the check.
+        self.interval = min(interval, threading.TIMEOUT_MAX)
         self._stopped = threading.Event()
 
     def run(self) -> None:

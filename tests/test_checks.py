@@ -184,15 +184,20 @@ def test_check_message_flush_interval_wrong_type(value):
     assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == [E_WRONG_TYPE]
 
 
-@pytest.mark.parametrize("value", [0, -1, 0.0, float("inf")])
+@pytest.mark.parametrize("value", [0, -1, 0.0, 0.009, 1e-9, 3600.5, 1e10, float("inf")])
 def test_check_message_flush_interval_out_of_range(value):
     assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == [E_MESSAGE_FLUSH_INTERVAL]
+
+
+@pytest.mark.parametrize("value", [0.01, 1, 3600])
+def test_check_message_flush_interval_bounds_allowed(value):
+    assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == []
 
 
 def test_check_message_flush_interval_message():
     (error,) = errors_for({"MESSAGE_FLUSH_INTERVAL": -2})
 
-    assert error.msg == "CHANNELS_WS_METRICS['MESSAGE_FLUSH_INTERVAL'] must be a finite number of seconds above 0, got -2."
+    assert error.msg == "CHANNELS_WS_METRICS['MESSAGE_FLUSH_INTERVAL'] must be between 0.01 and 3600.0 seconds, got -2."
     assert error.hint == (
         "Set it to how far behind, in seconds, the message and byte counters may be in multiprocess mode (default 1.0)."
     )

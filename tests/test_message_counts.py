@@ -253,6 +253,16 @@ async def test_message_counts_thread_not_restarted_after_unregister(metrics):
     await second.disconnect()
 
 
+def test_message_counts_thread_interval_capped():
+    metrics = WebSocketMetrics(CollectorRegistry(), WebSocketMetricsSettings(message_flush_interval=1e12))
+
+    metrics._start_flusher()
+
+    assert metrics._flusher.interval == threading.TIMEOUT_MAX
+    assert metrics._flusher.is_alive()
+    metrics.unregister()
+
+
 @pytest.mark.asyncio
 async def test_message_counts_unregister_stops_thread():
     metrics = WebSocketMetrics(CollectorRegistry(), WebSocketMetricsSettings(message_flush_interval=0.05))

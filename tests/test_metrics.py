@@ -1,10 +1,10 @@
 import pytest
 from channels.testing import WebsocketCommunicator
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
 from channels_ws_metrics.conf import WebSocketMetricsSettings, get_settings
-from channels_ws_metrics.metrics import WebSocketMetrics, fast_inc, get_metrics
+from channels_ws_metrics.metrics import WebSocketMetrics, fast_inc, fast_observe, get_metrics
 
 from .asgi_apps import router
 
@@ -145,3 +145,38 @@ def test_fast_inc_falls_back_to_public_inc():
     fast_inc(child)(5)
 
     assert child.total == 5
+
+
+def histogram_samples(registry):
+    return {
+        (sample.name, sample.labels.get("le")): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def test_fast_observe_matches_observe():
+    amounts = [0, 0.5, 1, 1.0000001, 2.5, 10, 10.5, 1e9, float("inf"), -3, 1e-12]
+    public_registry, fast_registry = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.5, 1, 2.5, 10)
+    public = Histogram("h", "h", ["route"], buckets=buckets, registry=public_registry).labels("r/")
+    fast_child = Histogram("h", "h", ["route"], buckets=buckets, registry=fast_registry).labels("r/")
+    observe = fast_observe(fast_child)
+
+    for amount in amounts:
+        public.observe(amount)
+        observe(amount)
+
+    assert observe is not fast_child.observe
+    assert histogram_samples(fast_registry) == histogram_samples(public_registry)
+
+
+def test_fast_observe_falls_back_to_public_observe():
+    class Child:
+        def observe(self, amount):
+            pass
+
+    child = Child()
+
+    assert fast_observe(child) == child.observe
