@@ -132,7 +132,13 @@ def _type_error(key: str, expected: str, value: Any, hint: str) -> CheckMessage:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        # An int too large for a float, such as 10**400, is no usable number.
+        return not math.isnan(float(value))
+    except OverflowError:
+        return False
 
 
 def _is_sequence(value: Any) -> bool:

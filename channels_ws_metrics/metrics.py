@@ -16,7 +16,13 @@ from django.core.signals import setting_changed
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from .close_codes import CloseCodeLabels
-from .conf import WATCHED_SETTINGS, WebSocketMetricsSettings, clear_cache, get_settings
+from .conf import (
+    MIN_MESSAGE_FLUSH_INTERVAL,
+    WATCHED_SETTINGS,
+    WebSocketMetricsSettings,
+    clear_cache,
+    get_settings,
+)
 from .labels import ExtraLabels
 from .ratelimit import report_failure
 
@@ -50,13 +56,11 @@ OPERATIONS = {
 # of MessageCounts' four counts is reported under.
 MESSAGE_OPERATIONS = ("message_received", "message_received", "message_sent", "message_sent")
 
-# The last sentence of the log record for a failure of these operations.
-# A failure of any other operation loses that one update.
-_KEPT_FOR_NEXT_FLUSH = "The counts wait in memory and are added at the next flush."
+# The last sentence of the log record for a failure of these operations,
+# in place of the default that the connection goes on.
 CONSEQUENCES = {
-    "message_received": _KEPT_FOR_NEXT_FLUSH,
-    "message_sent": _KEPT_FOR_NEXT_FLUSH,
-    "message_flush": "Message counts reach the counters only at scrapes and at the end of each connection.",
+    "message_flush": "Message counts reach the counters only at scrapes of a single process "
+    "and at the end of each connection.",
 }
 
 Message = dict[str, Any]
@@ -87,8 +91,9 @@ def fast_observe(child: Any) -> Callable[[float], None]:
 
     ``Histogram.observe()`` checks that the metric is a labelled child, then
     adds the amount to the sum and walks the bucket bounds in Python to add
-    one to the first bucket whose bound is at least the amount. The check
-    holds here by construction, and a binary search finds the same bucket.
+    one to the first bucket whose bound is at least the amount. Every child
+    here is labelled by construction, and a binary search finds the same
+    bucket.
     """
     # NOTE: ``_sum``, ``_buckets`` and ``_upper_bounds`` are internal to
     # prometheus_client 0.26. A child that lacks them gets its public
@@ -135,6 +140,11 @@ class MessageCounts:
     Only the connection's own coroutine writes the four counts, and only a
     flush, under the owner's flush lock, writes what was flushed, so a flush
     from another thread neither loses nor repeats a message.
+
+    A counter update that raises is not tried again. prometheus_client's
+    multiprocess values add the amount in memory before they write it to
+    the file, so the next write that works carries it, and a retry would
+    count it twice.
     """
 
     __slots__ = ("received", "received_bytes", "sent", "sent_bytes", "route_metrics", "_flushed")
@@ -147,42 +157,26 @@ class MessageCounts:
         self.route_metrics = route_metrics
         self._flushed = (0, 0, 0, 0)
 
-    def flush(self) -> list[tuple[str, Exception]]:
+    def flush(self, failures: dict[str, Exception]) -> None:
         """Add the counts gained since the last flush to the counters.
 
-        Call with the owner's flush lock held. A counter whose update raises
-        keeps its count for the next flush. Returns ``(operation, exception)``
-        for each operation with a failed update, once even when both its
-        counters failed, for the caller to report after releasing the lock.
+        Call with the owner's flush lock held. Each failed update puts its
+        operation and exception in ``failures``, for the caller to report
+        once after releasing the lock.
         """
         # Read once: the connection may count another message meanwhile.
         current = (self.received, self.received_bytes, self.sent, self.sent_bytes)
         flushed = self._flushed
         if current == flushed:
-            return []
-        failures: dict[str, Exception] = {}
-        done = list(flushed)
+            return
+        self._flushed = current
         for index, inc in enumerate(self.route_metrics.message_incs):
             delta = current[index] - flushed[index]
-            if not delta:
-                continue
-            try:
-                inc(delta)
-            except Exception as exc:
-                failures.setdefault(MESSAGE_OPERATIONS[index], exc)
-            else:
-                done[index] = current[index]
-        self._flushed = tuple(done)
-        return list(failures.items())
-
-    def move_unflushed_to(self, other: MessageCounts) -> None:
-        """Move the counts not yet flushed to ``other``. Call with the owner's flush lock held."""
-        flushed = self._flushed
-        other.received += self.received - flushed[0]
-        other.received_bytes += self.received_bytes - flushed[1]
-        other.sent += self.sent - flushed[2]
-        other.sent_bytes += self.sent_bytes - flushed[3]
-        self._flushed = (self.received, self.received_bytes, self.sent, self.sent_bytes)
+            if delta:
+                try:
+                    inc(delta)
+                except Exception as exc:
+                    failures.setdefault(MESSAGE_OPERATIONS[index], exc)
 
 
 class RouteMetrics:
@@ -228,10 +222,6 @@ class RouteMetrics:
                 self.count_sent,
                 self.count_sent_bytes,
             )
-        #: Counts of ended connections whose last flush failed, retried at
-        #: every flush. One per route, so a storage that keeps failing does
-        #: not make memory grow with traffic.
-        self.unflushed_messages: MessageCounts | None = None
 
         self._closed_family = metrics.connections_closed_total
         # Keyed by (code label, initiator): at most a few dozen entries,
@@ -289,6 +279,7 @@ class WebSocketMetrics:
         self._flusher: _Flusher | None = None
         self.message_flush_interval = settings.message_flush_interval
         self._flush_hook: _FlushOnCollect | None = None
+        _all_metrics.add(self)
         if settings.message_metrics and registry is not None:
             # Registered ahead of the families: a registry collects in the
             # order of registration, so every scrape flushes first.
@@ -455,28 +446,37 @@ class WebSocketMetrics:
             # has anything to add: the lock is not needed.
             self._message_counts.discard(counts)
             return
+        failures: dict[str, Exception] = {}
         with self._flush_lock:
             self._message_counts.discard(counts)
-            failures = counts.flush()
-            if failures:
-                route_metrics = counts.route_metrics
-                if route_metrics.unflushed_messages is None:
-                    route_metrics.unflushed_messages = MessageCounts(route_metrics)
-                counts.move_unflushed_to(route_metrics.unflushed_messages)
-                self._message_counts.add(route_metrics.unflushed_messages)
+            counts.flush(failures)
         self._report(failures)
 
     def flush_messages(self) -> None:
-        """Add the messages and bytes that connections counted since the last flush to the counters."""
+        """Add the messages and bytes that connections counted since the last flush to the counters.
+
+        A failing storage is reported once per operation and flush, not once
+        per connection, so that its cost does not grow with the open
+        connections.
+        """
+        failures: dict[str, Exception] = {}
         with self._flush_lock:
             # A copy, because connections come and go while this runs in
             # another thread.
-            failures = [failure for counts in list(self._message_counts) for failure in counts.flush()]
+            for counts in list(self._message_counts):
+                counts.flush(failures)
         self._report(failures)
 
-    def _report(self, failures: list[tuple[str, Exception]]) -> None:
-        for operation, exc in failures:
+    def _report(self, failures: dict[str, Exception]) -> None:
+        for operation, exc in failures.items():
             self.failed(operation, exc)
+
+    def _after_fork_in_child(self) -> None:
+        # The child has neither the parent's thread nor its connections, and
+        # the parent's flush thread may have held the lock during the fork.
+        self._flusher = None
+        self._flush_lock = threading.Lock()
+        self._message_counts = set()
 
     def _start_flusher(self) -> None:
         with self._flush_lock:
@@ -491,7 +491,9 @@ class WebSocketMetrics:
                 self.failed("message_flush", exc)
                 return
             self._flusher = flusher
-        _with_flusher.add(self)
+        # Metrics that only the cyclic garbage collector frees would keep
+        # their thread until the next wake-up; this ends it at once.
+        weakref.finalize(self, flusher.stop)
 
     def _extra_label_failed(self, name: str, exc: BaseException) -> None:
         self.failed("extra_label", exc, f"EXTRA_LABELS[{name!r}] callable")
@@ -557,10 +559,9 @@ class _Flusher(threading.Thread):
         # Weak, so that metrics replaced after a settings change, or built by
         # a test, end their thread once nothing else uses them.
         self._metrics = weakref.ref(metrics)
-        # Event.wait() raises OverflowError past TIMEOUT_MAX. The settings
-        # check keeps the interval far below it, but settings built in code
-        # skip the check.
-        self.interval = min(interval, threading.TIMEOUT_MAX)
+        # Settings built in code skip the check of the interval's bounds,
+        # and Event.wait() raises OverflowError past TIMEOUT_MAX.
+        self.interval = min(max(interval, MIN_MESSAGE_FLUSH_INTERVAL), threading.TIMEOUT_MAX)
         self._stopped = threading.Event()
 
     def run(self) -> None:
@@ -581,18 +582,16 @@ class _Flusher(threading.Thread):
         self._stopped.set()
 
 
-# Metrics that started a flush thread, in this process or before a fork.
-_with_flusher: weakref.WeakSet[WebSocketMetrics] = weakref.WeakSet()
+# Every WebSocketMetrics of the process, for the fork and exit hooks.
+_all_metrics: weakref.WeakSet[WebSocketMetrics] = weakref.WeakSet()
 
 
-def _forget_flushers() -> None:
-    # A forked child inherits the attribute but not the thread, so its
-    # first connection starts one.
-    for metrics in list(_with_flusher):
-        metrics._flusher = None
+def _after_fork_in_child() -> None:
+    for metrics in list(_all_metrics):
+        metrics._after_fork_in_child()
 
 
-os.register_at_fork(after_in_child=_forget_flushers)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
@@ -600,7 +599,7 @@ def _flush_at_exit() -> None:
     # A worker that exits with connections still open, for example after a
     # server's shutdown timeout, writes their counts to the multiprocess
     # files first.
-    for metrics in list(_with_flusher):
+    for metrics in list(_all_metrics):
         try:
             metrics.flush_messages()
         except Exception as exc:

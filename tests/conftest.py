@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,8 +21,11 @@ def registry() -> CollectorRegistry:
 
 
 @pytest.fixture
-def metrics(registry: CollectorRegistry) -> WebSocketMetrics:
-    return WebSocketMetrics(registry, NO_TIMED_FLUSH)
+def metrics(registry: CollectorRegistry) -> Iterator[WebSocketMetrics]:
+    built = WebSocketMetrics(registry, NO_TIMED_FLUSH)
+    yield built
+    # Ends the flush thread, which would otherwise wait out its interval.
+    built.unregister()
 
 
 class Samples:

@@ -179,7 +179,8 @@ def test_check_flag_wrong_type(key, value):
     assert ids_for({key: value}) == [E_WRONG_TYPE]
 
 
-@pytest.mark.parametrize("value", ["1", None, True, float("nan"), [1]])
+# An int too large for a float is no number of seconds either.
+@pytest.mark.parametrize("value", ["1", None, True, float("nan"), [1], pytest.param(10**400, id="10**400")])
 def test_check_message_flush_interval_wrong_type(value):
     assert ids_for({"MESSAGE_FLUSH_INTERVAL": value}) == [E_WRONG_TYPE]
 

@@ -16,7 +16,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
 from channels_ws_metrics.conf import WebSocketMetricsSettings
-from channels_ws_metrics.metrics import MessageCounts, WebSocketMetrics, _forget_flushers
+from channels_ws_metrics.metrics import MessageCounts, WebSocketMetrics, _after_fork_in_child
 
 from .asgi_apps import router
 from .conftest import NO_TIMED_FLUSH, Samples
@@ -49,22 +49,24 @@ async def open_echo(metrics: WebSocketMetrics, *texts: str) -> WebsocketCommunic
 
 def test_message_counts_flush_adds_only_the_gain(metrics):
     counts = MessageCounts(metrics.for_route("ws/echo/"))
+    failures = {}
     counts.received += 2
     counts.received_bytes += 10
-    counts.flush()
+    counts.flush(failures)
     counts.received += 1
     counts.sent += 4
     counts.sent_bytes += 7
+    counts.flush(failures)
+    counts.flush(failures)
 
-    assert counts.flush() == []
-    assert counts.flush() == []
+    assert failures == {}
     assert counter_value(metrics, "messages_received_total") == 3
     assert counter_value(metrics, "received_bytes_total") == 10
     assert counter_value(metrics, "messages_sent_total") == 4
     assert counter_value(metrics, "sent_bytes_total") == 7
 
 
-def test_message_counts_failed_counter_keeps_its_count(metrics):
+def test_message_counts_failed_update_not_retried(metrics):
     route_metrics = metrics.for_route("ws/echo/")
     broken = True
     real_inc = route_metrics.message_incs[0]
@@ -78,17 +80,44 @@ def test_message_counts_failed_counter_keeps_its_count(metrics):
     counts = MessageCounts(route_metrics)
     counts.received += 3
     counts.received_bytes += 12
+    failures = {}
 
-    (failure,) = counts.flush()
+    counts.flush(failures)
     broken = False
     counts.received += 1
+    counts.flush(failures)
 
-    assert failure[0] == "message_received"
-    assert str(failure[1]) == "storage failed"
+    assert list(failures) == ["message_received"]
+    assert str(failures["message_received"]) == "storage failed"
+    # The three of the failed update are not added again.
+    assert counter_value(metrics, "messages_received_total") == 1
     assert counter_value(metrics, "received_bytes_total") == 12
-    assert counts.flush() == []
+
+
+def test_message_counts_update_applied_then_raised_counts_once(metrics):
+    # prometheus_client's multiprocess value adds the amount in memory and
+    # then writes the file, so a failed write has still counted.
+    route_metrics = metrics.for_route("ws/echo/")
+    real_inc = route_metrics.message_incs[0]
+    calls = 0
+
+    def write_fails_once(amount):
+        nonlocal calls
+        calls += 1
+        real_inc(amount)
+        if calls == 1:
+            raise OSError("write failed")
+
+    route_metrics.message_incs = (write_fails_once, *route_metrics.message_incs[1:])
+    counts = MessageCounts(route_metrics)
+    failures = {}
+    counts.received += 3
+    counts.flush(failures)
+    counts.received += 1
+    counts.flush(failures)
+
+    assert list(failures) == ["message_received"]
     assert counter_value(metrics, "messages_received_total") == 4
-    assert counter_value(metrics, "received_bytes_total") == 12
 
 
 def test_message_counts_report_each_operation_once(metrics):
@@ -100,8 +129,11 @@ def test_message_counts_report_each_operation_once(metrics):
     route_metrics.message_incs = (broken,) * 4
     counts = MessageCounts(route_metrics)
     counts.received = counts.received_bytes = counts.sent = counts.sent_bytes = 1
+    failures = {}
 
-    assert [operation for operation, _ in counts.flush()] == ["message_received", "message_sent"]
+    counts.flush(failures)
+
+    assert list(failures) == ["message_received", "message_sent"]
 
 
 @pytest.mark.asyncio
@@ -146,23 +178,23 @@ async def test_message_counts_end_without_messages_stops_tracking(metrics):
 
 
 @pytest.mark.asyncio
-async def test_message_counts_ended_connection_waits_per_route(metrics, samples):
+async def test_message_counts_failing_storage_reported_once_per_flush(metrics, samples):
     route_metrics = metrics.for_route("ws/echo/")
     working = route_metrics.message_incs
+    communicators = [await open_echo(metrics, "abc") for _ in range(5)]
 
     def broken(amount):
         raise OSError("storage failed")
 
     route_metrics.message_incs = (broken,) * 4
-    for _ in range(3):
-        communicator = await open_echo(metrics, "abc")
-        await communicator.disconnect()
+    metrics.flush_messages()
     route_metrics.message_incs = working
 
-    # The three ended connections left one record for their route, not three.
-    assert metrics._message_counts == {route_metrics.unflushed_messages}
-    assert samples(RECEIVED, **ECHO) == 3
-    assert samples(SENT_BYTES, **ECHO) == 9
+    assert metrics.pending_errors == {}
+    assert samples("django_websocket_metric_errors_total", operation="message_received") == 1
+    assert samples("django_websocket_metric_errors_total", operation="message_sent") == 1
+    for communicator in communicators:
+        await communicator.disconnect()
 
 
 def test_message_counts_off_without_message_metrics():
@@ -226,7 +258,7 @@ async def test_message_counts_thread_restarts_after_fork(metrics):
     inherited = metrics._flusher
 
     # What a forked child runs: it has the attribute but not the thread.
-    _forget_flushers()
+    _after_fork_in_child()
     second = await open_echo(metrics)
 
     assert inherited is not None
@@ -236,6 +268,22 @@ async def test_message_counts_thread_restarts_after_fork(metrics):
     await second.disconnect()
     metrics.unregister()
     inherited.stop()
+
+
+@pytest.mark.asyncio
+async def test_message_counts_fork_drops_parent_connections(metrics):
+    parent_connection = await open_echo(metrics, "one")
+    metrics._flush_lock.acquire()
+
+    # In a forked child the parent's connections are not its own, and the
+    # lock may have been held by the parent's flush thread.
+    _after_fork_in_child()
+    metrics.flush_messages()
+
+    assert metrics._message_counts == set()
+    assert counter_value(metrics, "messages_received_total") == 0
+    await parent_connection.disconnect()
+    metrics.unregister()
 
 
 @pytest.mark.asyncio
