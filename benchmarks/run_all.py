@@ -412,16 +412,19 @@ def format_report(results: dict[str, Any]) -> str:
         sections += [
             "## Scale: routes (in process, CPU microseconds per connection to the last route)",
             format_table(
-                ["routes", "bare", "wrapped", "minimal", "wrapped - bare", "ratio", "middleware bytes"],
+                [
+                    "routes", "bare", "wrapped", "minimal", "wrapped - bare", "ratio",
+                    "wrapped, one path", "middleware bytes",
+                ],
                 [
                     [
                         row["routes"], row["connection_bare_us"], row["connection_wrapped_us"],
                         row["connection_minimal_us"], row["connection_overhead_us"], row["connection_ratio"],
-                        row["middleware_bytes"],
+                        row.get("connection_wrapped_one_path_us"), row["middleware_bytes"],
                     ]
                     for row in routes
-                ],  # fmt: skip
-            ),
+                ],
+            ),  # fmt: skip
         ]
 
     open_servers = _get(results, "scale", "connections", "servers") or {}

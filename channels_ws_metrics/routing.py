@@ -27,6 +27,12 @@ _WRAPPED_APP_ATTRIBUTES = ("inner", "application", "app")
 # A bound on the walk, against wrappers whose attributes form a long chain.
 _MAX_WRAPPER_DEPTH = 64
 
+# Bounds of the cache of labels by path: paths come from clients, so the
+# cache keeps only short ones and starts over when it is full. At most
+# about 1,024 x 256 characters, some 300 KiB.
+PATH_CACHE_MAX_ENTRIES = 1024
+PATH_CACHE_MAX_LENGTH = 256
+
 # Converters whose to_python() accepts every string their regex matches, so
 # a regex match alone decides whether the route matches.
 _TOTAL_CONVERTERS = (
@@ -155,13 +161,21 @@ class RouteResolver:
     next route. Nested patterns are concatenated, as Django does for
     ``include()``. The routers are read when the resolver is built, so
     routes added to a router afterwards are not seen.
+
+    Labels are cached by path when every route is decided by its regex
+    alone, the usual case, because matching costs more than the rest of a
+    connection's setup. A custom converter or a translated route turns the
+    cache off, since its outcome may change over time or with the language.
     """
 
-    __slots__ = ("_routes",)
+    __slots__ = ("_routes", "_cache")
 
     def __init__(self, application: Any) -> None:
         router = find_url_router(application)
         self._routes = None if router is None else _routes_of(router)
+        self._cache: dict[str, str] | None = None
+        if self._routes is not None and _decided_by_regex(self._routes):
+            self._cache = {}
 
     @property
     def has_router(self) -> bool:
@@ -185,8 +199,26 @@ class RouteResolver:
         elif not isinstance(path, str):
             return UNMATCHED
 
+        cache = self._cache
+        if cache is not None:
+            label = cache.get(path)
+            if label is not None:
+                return label
+
         label = _match(routes, path.lstrip("/"))
-        return UNMATCHED if label is None else label
+        if label is None:
+            label = UNMATCHED
+        if cache is not None and len(path) <= PATH_CACHE_MAX_LENGTH:
+            if len(cache) >= PATH_CACHE_MAX_ENTRIES:
+                cache.clear()
+            cache[path] = label
+        return label
+
+
+def _decided_by_regex(routes: list[_Route]) -> bool:
+    return all(
+        route.search is not None and (route.nested is None or _decided_by_regex(route.nested)) for route in routes
+    )
 
 
 def _match(routes: list[_Route], path: str) -> str | None:

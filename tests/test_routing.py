@@ -5,7 +5,15 @@ from channels.security.websocket import AllowedHostsOriginValidator
 from django.urls import path, re_path, register_converter
 
 from channels_ws_metrics import WebSocketMetricsMiddleware
-from channels_ws_metrics.routing import UNMATCHED, UNROUTED, RouteResolver, _literal_prefix, find_url_router
+from channels_ws_metrics.routing import (
+    PATH_CACHE_MAX_ENTRIES,
+    PATH_CACHE_MAX_LENGTH,
+    UNMATCHED,
+    UNROUTED,
+    RouteResolver,
+    _literal_prefix,
+    find_url_router,
+)
 
 from .asgi_apps import EchoConsumer, router
 
@@ -121,6 +129,58 @@ def test_route_resolver_applies_custom_converter():
 
     assert resolve(application, "/ws/item/4/") == "ws/item/<even:id>/"
     assert resolve(application, "/ws/item/5/") == "ws/item/<int:id>/"
+
+
+def test_route_resolver_custom_converter_turns_cache_off():
+    resolver = RouteResolver(URLRouter([path("ws/item/<even:id>/", consumer)]))
+
+    assert resolver({"type": "websocket", "path": "/ws/item/4/"}) == "ws/item/<even:id>/"
+    assert resolver._cache is None
+
+
+def test_route_resolver_caches_label_by_path():
+    resolver = RouteResolver(router())
+    scope = {"type": "websocket", "path": "/ws/chat/lobby/"}
+
+    first = resolver(scope)
+    second = resolver(scope)
+
+    assert first == second == "ws/chat/<str:room_name>/"
+    assert resolver._cache == {"/ws/chat/lobby/": "ws/chat/<str:room_name>/"}
+
+
+def test_route_resolver_caches_unmatched_path():
+    resolver = RouteResolver(router())
+
+    assert resolver({"type": "websocket", "path": "/nowhere/"}) == UNMATCHED
+    assert resolver._cache == {"/nowhere/": UNMATCHED}
+
+
+def test_route_resolver_cache_skips_long_path():
+    resolver = RouteResolver(router())
+    long_room = "r" * PATH_CACHE_MAX_LENGTH
+
+    assert resolver({"type": "websocket", "path": f"/ws/chat/{long_room}/"}) == "ws/chat/<str:room_name>/"
+    assert resolver._cache == {}
+
+
+def test_route_resolver_cache_starts_over_when_full():
+    resolver = RouteResolver(router())
+    for number in range(PATH_CACHE_MAX_ENTRIES):
+        resolver({"type": "websocket", "path": f"/ws/chat/room{number}/"})
+    assert len(resolver._cache) == PATH_CACHE_MAX_ENTRIES
+
+    label = resolver({"type": "websocket", "path": "/ws/echo/"})
+
+    assert label == "ws/echo/"
+    assert resolver._cache == {"/ws/echo/": "ws/echo/"}
+
+
+def test_route_resolver_cache_keys_path_after_root_path():
+    resolver = RouteResolver(router())
+
+    assert resolver({"type": "websocket", "path": "/app/ws/echo/", "root_path": "/app"}) == "ws/echo/"
+    assert resolver({"type": "websocket", "path": "/app/ws/echo/"}) == UNMATCHED
 
 
 class Recorder:
