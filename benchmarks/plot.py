@@ -138,16 +138,25 @@ def plot_e2e(axes: Any, e2e: dict[str, Any] | None, instructions: dict[str, Any]
 
 
 def plot_routes(axes: Any, routes: list[dict[str, Any]] | None, limits: dict[str, float]) -> None:
-    title = "Routes: per connection (wrapped - bare) / minimal"
+    title = "Routes: per connection to the last route, (wrapped - bare) / minimal"
     if not routes:
         _not_run(axes, title)
         return
 
     counts = [row["routes"] for row in routes]
     ratios = [row["connection_ratio"] or 0.0 for row in routes]
-    axes.plot(counts, ratios, marker="o", label="connection to the last route")
+    axes.plot(counts, ratios, marker="o", label="a new path every connection")
     for count, ratio in zip(counts, ratios):
         _label_point(axes, count, ratio)
+    # Results written before the cache of labels by path lack this series.
+    if all(row.get("connection_wrapped_one_path_us") is not None for row in routes):
+        cached = [
+            (row["connection_wrapped_one_path_us"] - row["connection_bare_us"]) / row["connection_minimal_us"]
+            for row in routes
+        ]
+        axes.plot(counts, cached, marker="s", label="one path, label from the cache")
+        for count, ratio in zip(counts, cached):
+            _label_point(axes, count, ratio)
     _budget_line(axes, limits.get("inprocess_connection_default"), "C1", "connection budget")
     axes.set_xscale("log")
     axes.set_xticks(counts, [str(count) for count in counts])
