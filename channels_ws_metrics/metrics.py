@@ -133,9 +133,9 @@ class MessageCounts:
     attribute, and the middleware would make four of them for every echoed
     message. So the middleware only adds to these four integers, and
     ``WebSocketMetrics.flush_messages()`` adds what they gained since the
-    previous flush to the route's counters: whenever the registry is
-    collected, every ``MESSAGE_FLUSH_INTERVAL`` seconds, and when the
-    connection ends.
+    previous flush to the route's counters: whenever their registry is
+    collected, every ``MESSAGE_FLUSH_INTERVAL`` seconds, when the
+    connection ends and at interpreter exit.
 
     Only the connection's own coroutine writes the four counts, and only a
     flush, under the owner's flush lock, writes what was flushed, so a flush
@@ -486,8 +486,9 @@ class WebSocketMetrics:
             try:
                 flusher.start()
             except RuntimeError as exc:
-                # The counts still reach the counters at every scrape and
-                # when connections end, and the next connection tries again.
+                # The counts still reach the counters when the registry is
+                # collected and when connections end, and the next
+                # connection tries again.
                 self.failed("message_flush", exc)
                 return
             self._flusher = flusher
