@@ -43,7 +43,7 @@ soak: install
 	STORM_TIME_LIMIT=$${STORM_TIME_LIMIT:-600} \
 	$(PY) -m pytest tests/storm/test_storm.py $(PYTEST_ARGS)
 
-# Runs about 25 minutes on a quiet machine; BENCH_QUICK=1 shrinks every
+# Runs about 20 minutes on a quiet machine; BENCH_QUICK=1 shrinks every
 # size so the whole run takes about two minutes. See docs/benchmarks.md.
 # The instruction counts need valgrind: installed here when running as
 # root on Debian, and skipped with a message otherwise.
