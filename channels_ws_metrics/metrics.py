@@ -6,8 +6,8 @@ import atexit
 import math
 import os
 import threading
-from bisect import bisect_left
 import weakref
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +24,7 @@ from .conf import (
     get_settings,
 )
 from .labels import ExtraLabels
-from .ratelimit import report_failure
+from .ratelimit import CONNECTION_GOES_ON, report_failure
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
@@ -80,10 +80,6 @@ def fast_inc(child: Any) -> Callable[[float], None]:
     # gets its public inc(), which takes the same argument.
     value_inc = getattr(getattr(child, "_value", None), "inc", None)
     return value_inc if callable(value_inc) else child.inc
-
-
-def _fast_inc_or_none(child: Any) -> Callable[[float], None] | None:
-    return None if child is None else fast_inc(child)
 
 
 def fast_observe(child: Any) -> Callable[[float], None]:
@@ -207,20 +203,20 @@ class RouteMetrics:
 
         # None for a disabled family, so the per-message path can skip it
         # without a lookup.
-        self.count_received = _fast_inc_or_none(bind(metrics.messages_received_total))
-        self.count_received_bytes = _fast_inc_or_none(bind(metrics.received_bytes_total))
         self.observe_received_size = _fast_observe_or_none(bind(metrics.message_size, RECEIVED))
-        self.count_sent = _fast_inc_or_none(bind(metrics.messages_sent_total))
-        self.count_sent_bytes = _fast_inc_or_none(bind(metrics.sent_bytes_total))
         self.observe_sent_size = _fast_observe_or_none(bind(metrics.message_size, SENT))
-        #: In the order of MessageCounts' counts, or None with MESSAGE_METRICS off.
+        #: Increments of the message and byte counters, in the order of
+        #: MessageCounts' counts, or None with MESSAGE_METRICS off.
         self.message_incs: tuple[Callable[[float], None], ...] | None = None
-        if self.count_received is not None:
-            self.message_incs = (
-                self.count_received,
-                self.count_received_bytes,
-                self.count_sent,
-                self.count_sent_bytes,
+        if metrics.messages_received_total is not None:
+            self.message_incs = tuple(
+                fast_inc(bind(family))
+                for family in (
+                    metrics.messages_received_total,
+                    metrics.received_bytes_total,
+                    metrics.messages_sent_total,
+                    metrics.sent_bytes_total,
+                )
             )
 
         self._closed_family = metrics.connections_closed_total
@@ -404,11 +400,8 @@ class WebSocketMetrics:
 
     def failed(self, operation: str, exc: BaseException, description: str | None = None) -> None:
         """Log a failure to record a metric (rate-limited) and count it."""
-        consequence = CONSEQUENCES.get(operation)
-        if consequence is None:
-            report_failure(description or OPERATIONS[operation], exc)
-        else:
-            report_failure(description or OPERATIONS[operation], exc, consequence)
+        consequence = CONSEQUENCES.get(operation, CONNECTION_GOES_ON)
+        report_failure(description or OPERATIONS[operation], exc, consequence)
         with self._lock:
             self.pending_errors[operation] = self.pending_errors.get(operation, 0) + 1
         self.flush_errors()

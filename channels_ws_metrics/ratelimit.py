@@ -12,7 +12,7 @@ logger = logging.getLogger("channels_ws_metrics")
 #: Seconds between two log records of the same kind.
 LOG_INTERVAL = 60.0
 
-#: What a failure to record a metric means, unless the caller says otherwise.
+#: The default last sentence of a failure's log record.
 CONNECTION_GOES_ON = "The WebSocket connection goes on without it."
 
 

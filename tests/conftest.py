@@ -10,8 +10,8 @@ from channels_ws_metrics.conf import WebSocketMetricsSettings
 from channels_ws_metrics.metrics import WebSocketMetrics
 
 # Longer than any test, so that the background flush of message counts
-# never runs during one and each flush a test sees is one it caused: a
-# scrape or the end of a connection.
+# never runs during one. Every flush in a test then comes from the test
+# itself: a scrape or the end of a connection.
 NO_TIMED_FLUSH = WebSocketMetricsSettings(message_flush_interval=3600.0)
 
 

@@ -47,9 +47,20 @@ def server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     """Start daphne or uvicorn for the tests of one module, then stop it."""
-    kind = request.param
+    with serve(request.param, example_database, tmp_path_factory) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def serve(
+    kind: str,
+    database_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    environment: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """Run one server process of ``kind`` on the shared example database until the block ends."""
     log_path = tmp_path_factory.mktemp(f"{kind}_log") / "server.log"
-    running = Server(kind, example_database, log_path)
+    running = Server(kind, database_path, log_path, environment=environment)
     running.start()
     try:
         yield running

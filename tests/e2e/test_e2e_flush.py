@@ -8,6 +8,8 @@ import pytest
 
 from tests.servers import SERVER_KINDS, Server
 
+from .conftest import serve
+
 pytestmark = [pytest.mark.e2e, pytest.mark.asyncio]
 
 TIMEOUT = 10.0
@@ -27,19 +29,9 @@ def quiet_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     """Start daphne or uvicorn whose flush thread never runs during the tests."""
-    kind = request.param
-    log_path = tmp_path_factory.mktemp(f"{kind}_quiet_log") / "server.log"
-    running = Server(
-        kind,
-        example_database,
-        log_path,
-        environment={"DJANGO_SETTINGS_MODULE": "tests.e2e.no_timed_flush_settings"},
-    )
-    running.start()
-    try:
+    environment = {"DJANGO_SETTINGS_MODULE": "tests.e2e.no_timed_flush_settings"}
+    with serve(request.param, example_database, tmp_path_factory, environment) as running:
         yield running
-    finally:
-        running.stop()
 
 
 async def test_flush_scrape_counts_open_connection(quiet_server):

@@ -36,8 +36,9 @@ CLOSED = "django_websocket_connections_closed_total"
 
 
 # Every optional family switched on, so every family is checked. The
-# simulated workers flush their message counts when a test says so, as the
-# flush thread of a real worker would every MESSAGE_FLUSH_INTERVAL.
+# simulated workers flush their message counts when a test calls
+# flush_messages(), as the flush thread of a real worker does every
+# MESSAGE_FLUSH_INTERVAL.
 ALL_FAMILIES = WebSocketMetricsSettings(
     message_metrics=True, message_size_histogram=True, message_flush_interval=3600.0
 )
